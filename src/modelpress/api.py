@@ -1,0 +1,368 @@
+"""The public entry points: ``compress``, ``save`` and ``load``.
+
+On-disk format (one directory per artifact):
+
+- ``model.safetensors``: every tensor of the model's state dict, flat keys
+  (``bert.encoder.layer.0.attention.self.query.weight.qdata`` ...); tensors shared between
+  keys (tied weights) are stored once;
+- ``manifest.json``: the format name and version, the base model (class + config), the
+  recipe, every compressed module with its formats (name, version, meta), the shape and
+  dtype of every tensor, and the aliases of tied tensors.
+
+Loading reads only JSON and safetensors (no pickle), accepts only registered names, and
+checks every name, shape and dtype against the manifest before touching the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import methods as _methods  # noqa: F401 - registers the built-in methods
+from .errors import ArtifactError, ConfigError, ModelpressError
+from .methods.base import HANDLERS, PRESETS, CompressContext, MethodConfig
+from .models.architectures import build_base, describe_base
+from .nn.base import MODULES, CompressedModule
+from .recipe import Recipe
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "compress", "load", "recipe_of", "save"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "modelpress"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+_RECIPE_ATTR = "_modelpress_recipe"
+
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
+
+
+def _dtype_name(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def recipe_of(model: nn.Module) -> Recipe:
+    """The recipe applied to ``model`` so far (empty for an original model)."""
+    return getattr(model, _RECIPE_ATTR, Recipe())
+
+
+def _as_recipe(obj: Recipe | MethodConfig | Sequence[MethodConfig] | str | os.PathLike) -> Recipe:
+    if isinstance(obj, Recipe):
+        return obj
+    if isinstance(obj, MethodConfig):
+        return Recipe([obj])
+    if isinstance(obj, (str, os.PathLike)):
+        s = os.fspath(obj)
+        if s in PRESETS:
+            return Recipe(PRESETS.get(s).build())
+        if Path(s).is_file():
+            return Recipe.load(s)
+        raise ConfigError(f"'{s}' is neither a benchmark method name nor a recipe file")
+    if isinstance(obj, Sequence):
+        return Recipe(obj)
+    raise ConfigError(f"expected a Recipe, a method config or a method name, got {type(obj).__name__}")
+
+
+def compress(
+    model: nn.Module,
+    recipe_or_config: Recipe | MethodConfig | Sequence[MethodConfig] | str,
+    *,
+    data: Any = None,
+    teacher: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    inplace: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """Apply a recipe (or one method config, or a benchmark method name) to ``model``.
+
+    The input model is left untouched unless ``inplace=True``. ``data`` is the calibration /
+    training data a method needs (e.g. a task adapter's batches), ``teacher`` the teacher of
+    distillation methods. Returns the compressed model; ``save`` stores it.
+    """
+    recipe = _as_recipe(recipe_or_config)
+    previous = recipe_of(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    ctx = CompressContext(
+        data=data,
+        teacher=teacher,
+        device=torch.device(device) if device else torch.device("cpu"),
+        progress=progress,
+    )
+    for config in recipe:
+        handler = HANDLERS.get(type(config))
+        if handler is None:
+            raise ConfigError(f"method '{config.name}' has no registered handler")
+        log.info("applying %s", config.name)
+        model = handler(model, config, ctx)
+    setattr(model, _RECIPE_ATTR, previous + recipe)
+    return model.eval()
+
+
+# -- save ----------------------------------------------------------------------------------
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def _collect(
+    model: nn.Module,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
+    """Unique tensors to write, specs of every key, aliases (tied key -> stored key), and
+    compressed module entries."""
+    tensors: dict[str, torch.Tensor] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for key, t in model.state_dict().items():
+        if t.device.type == "meta":
+            raise ModelpressError(f"cannot save: tensor '{key}' has no data (meta device)")
+        specs[key] = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
+        if t.numel() > 0:
+            sk = _storage_key(t)
+            if sk in seen:
+                aliases[key] = seen[sk]
+                continue
+            seen[sk] = key
+        tensors[key] = t.detach().to("cpu").contiguous()
+    modules = {
+        name: m.to_manifest()
+        for name, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, CompressedModule)
+    }
+    return tensors, specs, aliases, modules
+
+
+def _rebuilt_buffers(model: nn.Module, specs: dict[str, Any]) -> dict[str, str]:
+    return {n: _dtype_name(b.dtype) for n, b in model.named_buffers() if n not in specs}
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` to the directory ``path`` (``model.safetensors`` + ``manifest.json``).
+
+    Written to a temporary sibling directory first and renamed into place, so a failure
+    leaves no half-written artifact. An existing artifact at ``path`` is replaced; any other
+    existing non-empty directory is refused.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST_FILE).exists())):
+        raise ModelpressError(f"refusing to overwrite {path}: it exists and is not a modelpress artifact")
+    tensors, specs, aliases, modules = _collect(model)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "base": describe_base(model),
+        "recipe": recipe_of(model).to_list(),
+        "modules": modules,
+        "tensors": specs,
+        "aliases": aliases,
+        # dtypes of buffers that are rebuilt by the constructor rather than stored (rotary
+        # frequencies, position ids): a cast model gets them back in the same dtype
+        "rebuilt_buffers": _rebuilt_buffers(model, specs),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": FORMAT_NAME})
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str))
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def artifact_files(path: str | os.PathLike) -> list[Path]:
+    """The files ``save`` wrote for an artifact (what its size on disk counts)."""
+    path = Path(path)
+    return [path / WEIGHTS_FILE, path / MANIFEST_FILE]
+
+
+def artifact_bytes(path: str | os.PathLike) -> int:
+    return sum(f.stat().st_size for f in artifact_files(path))
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise ArtifactError(f"no modelpress artifact at {path} (expected a directory)")
+    if not mpath.is_file():
+        raise ArtifactError(f"{path} is not a modelpress artifact: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath} is corrupt or truncated: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{mpath} is not a modelpress manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{mpath} has format version {manifest.get('version')}; this modelpress reads {FORMAT_VERSION}"
+        )
+    for key in ("base", "tensors", "modules", "aliases", "recipe"):
+        if key not in manifest:
+            raise ArtifactError(f"{mpath} is incomplete: '{key}' is missing")
+    return manifest
+
+
+def _specs(manifest: dict[str, Any]) -> dict[str, tuple[list[int], torch.dtype]]:
+    out = {}
+    for key, spec in manifest["tensors"].items():
+        dt = _DTYPES.get(str(spec.get("dtype")))
+        if dt is None:
+            raise ArtifactError(f"manifest gives tensor '{key}' an unknown dtype '{spec.get('dtype')}'")
+        out[key] = ([int(s) for s in spec["shape"]], dt)
+    return out
+
+
+def _read_tensors(wpath: Path, specs: dict[str, tuple[list[int], torch.dtype]]) -> dict[str, torch.Tensor]:
+    if not wpath.is_file():
+        raise ArtifactError(f"{wpath} is missing")
+    try:
+        with safe_open(str(wpath), framework="pt") as f:
+            keys = set(f.keys())
+            missing, extra = sorted(set(specs) - keys), sorted(keys - set(specs))
+            if missing or extra:
+                raise ArtifactError(
+                    f"{wpath} does not match its manifest: missing {missing[:3]}, unexpected {extra[:3]}"
+                )
+            out = {}
+            for key, (shape, dtype) in specs.items():
+                sl = f.get_slice(key)
+                got_shape, got_dtype = list(sl.get_shape()), sl.get_dtype()
+                if got_shape != shape or _DTYPES.get(_st_dtype(got_dtype)) != dtype:
+                    raise ArtifactError(
+                        f"tensor '{key}' is {_st_dtype(got_dtype)}{got_shape} in {wpath.name} "
+                        f"but {_dtype_name(dtype)}{shape} in the manifest"
+                    )
+                out[key] = f.get_tensor(key)
+            return out
+    except ArtifactError:
+        raise
+    except Exception as e:
+        raise ArtifactError(f"{wpath} is corrupt or truncated: {e}") from None
+
+
+_ST = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I8": "int8",
+    "U8": "uint8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+    "BOOL": "bool",
+}
+
+
+def _st_dtype(name: str) -> str:
+    return _ST.get(name, name)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+    except AttributeError:
+        raise ArtifactError(f"manifest names module '{name}', which the base model does not have") from None
+    setattr(parent, child, new)
+
+
+def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    mod_name, _, attr = key.rpartition(".")
+    return (model.get_submodule(mod_name) if mod_name else model), attr
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by ``save``; fails with one clear sentence on a bad artifact."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    specs = _specs(manifest)
+    aliases: dict[str, str] = dict(manifest["aliases"])
+    stored_specs = {k: v for k, v in specs.items() if k not in aliases}
+    tensors = _read_tensors(path / WEIGHTS_FILE, stored_specs)
+    try:
+        recipe = Recipe.from_list(manifest["recipe"])
+        model = build_base(manifest["base"])
+        for name, entry in manifest["modules"].items():
+            cls = MODULES.get(str(entry.get("class")))
+            prefix = name + "."
+            mspecs = {k[len(prefix) :]: v for k, v in specs.items() if k.startswith(prefix)}
+            _set_submodule(model, name, cls.from_manifest(entry, mspecs))
+    except ConfigError as e:  # unknown registered name inside the manifest
+        raise ArtifactError(f"{path / MANIFEST_FILE}: {e}") from None
+    state = dict(tensors)
+    for alias, target in aliases.items():
+        if target not in tensors:
+            raise ArtifactError(f"manifest aliases '{alias}' to '{target}', which is not stored")
+        state[alias] = tensors[target]
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path} does not fit its base model: {str(e).splitlines()[0]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ArtifactError(
+            f"{path} does not fit its base model: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    # Tied tensors: make the alias the very same Parameter/buffer object as its target.
+    for alias, target in aliases.items():
+        (m_a, a_name), (m_t, t_name) = _owner(model, alias), _owner(model, target)
+        obj = m_t._parameters.get(t_name) if t_name in m_t._parameters else m_t._buffers.get(t_name)
+        if a_name in m_a._parameters:
+            m_a._parameters[a_name] = obj
+        else:
+            m_a._buffers[a_name] = obj
+    for name, dtype_name in manifest.get("rebuilt_buffers", {}).items():
+        dt = _DTYPES.get(str(dtype_name))
+        with contextlib.suppress(AttributeError):
+            mod, attr = _owner(model, name)
+            buf = mod._buffers.get(attr)
+            if buf is not None and dt is not None and buf.dtype != dt:
+                mod._buffers[attr] = buf.to(dt)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if leftover:
+        raise ArtifactError(f"{path} leaves tensors without data: {leftover[:3]}")
+    setattr(model, _RECIPE_ATTR, recipe)
+    return model.to(device).eval()

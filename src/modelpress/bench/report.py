@@ -1,0 +1,181 @@
+"""Write a benchmark's results: results.json, results.csv, results.md and results.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .runner import ROW_KEYS
+
+__all__ = ["format_row", "markdown", "write_reports"]
+
+COLUMNS = (
+    "Model",
+    "Method",
+    "Size on disk",
+    "bits/weight",
+    "CPU latency p50 (ms, batch 1)",
+    "CPU latency p95 (ms)",
+    "CPU throughput (samples/s, batch 32)",
+    "GPU latency p50 (ms)",
+    "Peak RAM (MB)",
+    "Peak VRAM (MB)",
+    "Quality",
+    "Δ vs original",
+    "Agreement",
+)
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def format_row(r: dict[str, Any]) -> list[str]:
+    """One row of the human table (units: MB = 10^6 bytes; accuracy in %, delta in points)."""
+    if r["metric"] == "accuracy":
+        quality = f"{100 * r['quality']:.2f}% acc"
+        delta = f"{100 * r['quality_delta']:+.2f} pt"
+    else:
+        quality = f"{r['quality']:.3f} {'ppl' if r['metric'] == 'perplexity' else r['metric']}"
+        delta = f"{r['quality_delta']:+.3f}"
+    agreement = "-" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%"
+    return [
+        r["model"],
+        r["method"],
+        _size(r["size_bytes"]),
+        f"{r['bits_per_weight']:.2f}",
+        _num(r["cpu_latency_ms_p50"], ".2f"),
+        _num(r["cpu_latency_ms_p95"], ".2f"),
+        _num(r["cpu_throughput"], ".1f"),
+        _num(r["gpu_latency_ms_p50"], ".2f"),
+        _num(r["peak_rss_mb"], ".0f"),
+        _num(r["peak_vram_mb"], ".0f"),
+        quality,
+        delta,
+        agreement,
+    ]
+
+
+def header_lines(env: dict[str, Any]) -> list[str]:
+    flags = ", ".join(env.get("cpu_flags") or []) or "none of note"
+    gpu = env.get("cuda") or "none"
+    return [
+        f"- Model: {env.get('model')} · task {env.get('task')} · metric {env.get('metric')} · "
+        f"{env.get('params', 0) / 1e6:.1f}M parameters",
+        f"- Data: {env.get('data')}",
+        f"- CPU: {env.get('cpu')} ({env.get('cpu_count')} logical cores; {flags}); "
+        f"{env.get('threads')} threads",
+        f"- GPU: {gpu}; quality evaluated on {env.get('device')}",
+        f"- Inputs: latency at batch {env.get('latency_batch_size')} × {env.get('seq_len')} tokens, "
+        f"throughput at batch {env.get('throughput_batch_size')} × {env.get('seq_len')} tokens",
+        f"- Software: Python {env.get('python')}, torch {env.get('torch')}, "
+        f"transformers {env.get('transformers')}",
+        f"- Run: {env.get('date')}, {env.get('total_seconds', 0):.0f} s in all",
+    ]
+
+
+def markdown(result: dict[str, Any], command: str | None = None) -> str:
+    env, rows = result["env"], result["rows"]
+    out = [f"## {env.get('model')} — {env.get('task')}", ""]
+    if command:
+        out += [f"Command: `{command}`", ""]
+    out += [*header_lines(env), ""]
+    out.append("| " + " | ".join(COLUMNS) + " |")
+    out.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    out += ["| " + " | ".join(format_row(r)) + " |" for r in rows]
+    notes = [f"- **{r['method']}**: {n}" for r in rows for n in r.get("notes", [])]
+    base = [r["baseline_rss_mb"] for r in rows if r.get("baseline_rss_mb")]
+    out += [""]
+    if notes:
+        out += ["Notes (measured in this run):", *notes, ""]
+    out.append(
+        "Size on disk = bytes of the files `modelpress.save` wrote (MB = 10^6 bytes); "
+        "bits/weight = 8 × bytes / parameters of the original. "
+        "Peak RAM = peak RSS of a fresh process that loads the artifact and runs one batch"
+        + (
+            f" (the interpreter with torch and transformers imported takes ~{min(base):.0f} MB of it)."
+            if base
+            else "."
+        )
+        + " Agreement = share of test predictions equal to the original's (next-token top-1 for LMs)."
+    )
+    return "\n".join(out) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    extra = sorted({k for r in rows for k in r} - set(ROW_KEYS) - {"recipe", "notes"})
+    keys = [*ROW_KEYS, *extra, "notes"]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(
+            {
+                **{k: r.get(k) for k in keys},
+                "recipe": json.dumps(r["recipe"]),
+                "notes": "; ".join(r.get("notes", [])),
+            }
+        )
+    return buf.getvalue()
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Quality vs size and quality vs CPU latency, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    metric = rows[0]["metric"] if rows else "quality"
+    scale = 100.0 if metric == "accuracy" else 1.0
+    ylabel = "accuracy (%)" if metric == "accuracy" else metric
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, xlabel in (
+        (axes[0], "size_bytes", "size on disk (MB)"),
+        (axes[1], "cpu_latency_ms_p50", "CPU latency p50, batch 1 (ms)"),
+    ):
+        for r in rows:
+            x = r[key] / 1e6 if key == "size_bytes" else r[key]
+            y = r["quality"] * scale
+            ax.scatter([x], [y], s=36)
+            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"{result['env'].get('model')}: {ylabel} vs size and latency "
+        f"({'higher' if metric == 'accuracy' else 'lower'} is better)"
+    )
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_reports(result: dict[str, Any], out: Path, command: str | None = None) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"results.{k}" for k in ("json", "csv", "md", "png")}
+    result_json = {"env": result["env"], "rows": result["rows"]}
+    if command:
+        result_json["env"] = {**result["env"], "command": command}
+    _atomic_write(paths["json"], json.dumps(result_json, indent=1, default=str) + "\n")
+    _atomic_write(paths["csv"], _csv(result["rows"]))
+    _atomic_write(paths["md"], markdown(result, command))
+    plot(result, paths["png"])
+    return paths

@@ -1,0 +1,200 @@
+"""Run a model through methods and measure each: the rows of the comparison table.
+
+For every method: compress the original, ``save`` it, ``load`` it back, and measure the
+*loaded* artifact (what a user deploys): bytes on disk, task quality and agreement with the
+original, CPU latency (batch 1) and throughput (batch 32), GPU latency when CUDA is
+present, and the peak memory of a fresh process that loads and runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..api import artifact_bytes, compress, load, save
+from ..errors import ConfigError
+from ..models.tasks import TaskAdapter
+from ..recipe import Recipe
+from .env import cpu_flags, environment
+from .measure import measure_memory, time_model
+
+__all__ = ["ROW_KEYS", "BenchOptions", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+# The keys of every row of results.json (later issues add rows, never change these).
+ROW_KEYS = (
+    "model",
+    "method",
+    "recipe",
+    "size_bytes",
+    "params",
+    "bits_per_weight",
+    "cpu_latency_ms_p50",
+    "cpu_latency_ms_p95",
+    "cpu_throughput",
+    "gpu_latency_ms_p50",
+    "peak_rss_mb",
+    "peak_vram_mb",
+    "metric",
+    "quality",
+    "quality_delta",
+    "agreement",
+)
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    output: Path
+    device: str = "auto"  # auto | cpu | cuda: where quality is evaluated and GPU columns run
+    threads: int | None = None
+    progress: bool = True
+    measure_memory: bool = True
+    keep_artifacts: bool = True
+
+
+def _devices(device: str) -> tuple[torch.device, bool]:
+    """(device for quality evaluation, whether to fill the GPU columns)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got '{device}'")
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    use_gpu = has_cuda and device != "cpu"
+    return torch.device("cuda" if use_gpu else "cpu"), use_gpu
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters of a model, tied ones counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_bench(
+    adapter: TaskAdapter, methods: list[tuple[str, Recipe]], options: BenchOptions
+) -> dict[str, Any]:
+    """Measure every method on ``adapter``'s model and data; returns ``{"env", "rows"}``."""
+    labels = [m for m, _ in methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"method names must be unique, got {', '.join(labels)}")
+    eval_device, use_gpu = _devices(options.device)
+    threads = options.threads or torch.get_num_threads()
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    out = Path(options.output)
+    art_dir = out / "artifacts"
+    art_dir.mkdir(parents=True, exist_ok=True)
+
+    t_start = time.perf_counter()
+    original = adapter.load_original(progress=options.progress)
+    params = count_params(original)
+    inputs1 = adapter.example_inputs(1)
+    inputs32 = adapter.example_inputs(32)
+    inputs_file = out / "inputs.safetensors"
+    save_file({k: v.contiguous() for k, v in inputs1.items()}, str(inputs_file))
+    log.info("evaluating the original %s", adapter.model_name)
+    reference = adapter.evaluate(original.to(eval_device), device=eval_device, progress=options.progress)
+    original.to("cpu")
+
+    env = environment(
+        threads,
+        str(eval_device),
+        {
+            **adapter.describe(),
+            "original_quality": reference.value,
+            "params": params,
+        },
+    )
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(methods, desc="methods", disable=not options.progress, unit="method")
+    for label, recipe in bar:
+        bar.set_postfix_str(label)
+        t0 = time.perf_counter()
+        compressed = compress(original, recipe, data=adapter, device=eval_device, progress=options.progress)
+        compress_s = time.perf_counter() - t0
+        path = save(compressed, art_dir / label)
+        del compressed
+        gc.collect()
+        size = artifact_bytes(path)
+        model = load(path)
+        ev = adapter.evaluate(
+            model.to(eval_device),
+            reference=reference.predictions,
+            device=eval_device,
+            progress=options.progress,
+        )
+        model.to("cpu")
+        lat = time_model(model, inputs1, "cpu")
+        thr = time_model(model, inputs32, "cpu", min_runs=5, max_seconds=20.0, warmup=1)
+        gpu_lat = None
+        if use_gpu:
+            gpu_lat = time_model(model.to("cuda"), inputs1, "cuda").p50_ms
+            model.to("cpu")
+        mem = measure_memory(path, inputs_file, threads=threads) if options.measure_memory else {}
+        vram = None
+        if use_gpu and options.measure_memory:
+            vram = measure_memory(path, inputs_file, device="cuda")["peak_vram_mb"]
+        rows.append(
+            {
+                "model": adapter.model_name,
+                "method": label,
+                "recipe": recipe.to_list(),
+                "size_bytes": size,
+                "params": params,
+                "bits_per_weight": 8 * size / params,
+                "cpu_latency_ms_p50": lat.p50_ms,
+                "cpu_latency_ms_p95": lat.p95_ms,
+                "cpu_throughput": 32 / (thr.p50_ms / 1e3),
+                "gpu_latency_ms_p50": gpu_lat,
+                "peak_rss_mb": mem.get("peak_rss_mb"),
+                "peak_vram_mb": vram,
+                "metric": ev.metric,
+                "quality": ev.value,
+                "quality_delta": ev.value - reference.value,
+                "agreement": ev.agreement,
+                # extras (not part of the fixed key set above)
+                "baseline_rss_mb": mem.get("baseline_rss_mb"),
+                "compress_seconds": compress_s,
+                "eval_seconds": ev.seconds,
+                "latency_runs": lat.runs,
+                "throughput_runs": thr.runs,
+            }
+        )
+        del model
+        gc.collect()
+        if not options.keep_artifacts:
+            shutil.rmtree(path, ignore_errors=True)
+    _add_notes(rows)
+    env["total_seconds"] = time.perf_counter() - t_start
+    return {"env": env, "rows": rows}
+
+
+def _add_notes(rows: list[dict[str, Any]]) -> None:
+    """Measured, not typed: speed relative to the fp32 row, and why a row is slow."""
+    base = next((r for r in rows if r["method"] == "fp32"), None)
+    flags = set(cpu_flags())
+    for r in rows:
+        notes: list[str] = []
+        if base is not None and r is not base:
+            ratio = base["cpu_latency_ms_p50"] / r["cpu_latency_ms_p50"]
+            r["cpu_speedup"] = ratio
+            if ratio >= 1.05:
+                notes.append(f"{ratio:.2f}x faster than fp32 on CPU at batch 1")
+            elif ratio <= 0.95:
+                why = ""
+                dtypes = {str(m.get("dtype")) for m in r["recipe"] if m.get("method") == "cast"}
+                if "float16" in dtypes and not flags & {"avx512_fp16", "amx_fp16"}:
+                    why = " (this CPU has no native float16 matmul: no avx512_fp16 / amx_fp16)"
+                elif "bfloat16" in dtypes and not flags & {"avx512_bf16", "amx_bf16"}:
+                    why = " (this CPU has no native bfloat16 matmul: no avx512_bf16 / amx_bf16)"
+                notes.append(f"{1 / ratio:.2f}x slower than fp32 on CPU at batch 1{why}")
+        r["notes"] = notes

@@ -1,0 +1,53 @@
+"""Subprocess entry for memory measurement: ``python -m modelpress.bench.worker ARTIFACT INPUTS``.
+
+Loads the artifact with ``modelpress.load`` in a fresh interpreter, runs inference three
+times on the saved inputs, and prints one JSON line with the peak resident set size (and
+peak CUDA memory when run on a GPU). ``baseline_rss_mb`` is the peak RSS after the imports,
+before loading, so readers can tell the model's share from the runtime's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kb * (1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("artifact")
+    ap.add_argument("inputs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers  # noqa: F401 - imported before the baseline reading, as load() needs it
+    from safetensors.torch import load_file
+
+    from modelpress.api import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    baseline = _peak_rss_mb()
+    device = torch.device(args.device)
+    model = load(args.artifact, device=device)
+    inputs = {k: v.to(device) for k, v in load_file(args.inputs).items()}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        for _ in range(3):
+            model(**inputs)
+    vram = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": baseline, "peak_vram_mb": vram}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

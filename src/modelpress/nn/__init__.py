@@ -1,0 +1,6 @@
+"""Modules that run compressed weights."""
+
+from .base import MODULES, CompressedModule, register_module
+from .int8 import Int8DynamicLinear, Int8Embedding
+
+__all__ = ["MODULES", "CompressedModule", "Int8DynamicLinear", "Int8Embedding", "register_module"]
