@@ -39,8 +39,16 @@ def llama_config():
     raw = load_gguf_checkpoint(str(Path(src.path) / str(src.gguf_file)), return_tensors=False)["config"]
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
     raw.update(
-        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=30522, pad_token_id=0, bos_token_id=101, eos_token_id=102,
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=30522,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
     )
     return LlamaConfig(**raw)
 

@@ -27,7 +27,7 @@ def test_yaml_with_patterns(tmp_path):
 
 
 def test_bad_recipes(tmp_path):
-    with pytest.raises(mp.ConfigError, match="unknown field.*bitz.*'int8-dynamic'"):
+    with pytest.raises(mp.ConfigError, match=r"unknown field.*bitz.*'int8-dynamic'"):
         Recipe.from_yaml("- method: int8-dynamic\n  bitz: 4\n")
     with pytest.raises(mp.ConfigError, match="unknown method 'magic'"):
         Recipe.from_yaml("- method: magic\n")

@@ -118,7 +118,7 @@ def bench(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compress the model with each method and print the comparison table (every figure measured)."""
-    from .bench.report import COLUMNS, format_row, header_lines, write_reports
+    from .bench.report import write_reports
     from .bench.runner import BenchOptions, run_bench
     from .models.builtin import resolve_model
     from .recipe import resolve_methods
@@ -143,18 +143,41 @@ def bench(
         paths = write_reports(result, out, command=command)
     except ModelpressError as e:
         raise _fail(str(e)) from None
-    table = Table(title=f"modelpress bench — {result['env']['model']}", show_lines=False)
-    for c in COLUMNS:
-        table.add_column(c, overflow="fold")
-    for r in result["rows"]:
-        table.add_row(*format_row(r))
+    _print_table(result)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+def _print_table(result: dict) -> None:
+    from .bench.report import format_row, header_lines
+
     for line in header_lines(result["env"]):
         console.print(line, highlight=False)
-    console.print(table)
+    # Short headers for the terminal (results.md has the full ones); the Model column is
+    # the same on every row, so it goes into the title.
+    short = (
+        "Method",
+        "Size",
+        "bits/w",
+        "CPU p50 ms",
+        "CPU p95 ms",
+        "CPU thr/s",
+        "GPU p50 ms",
+        "RAM MB",
+        "VRAM MB",
+        "Quality",
+        "Δ",
+        "Agree",
+    )
+    table = Table(title=f"modelpress bench — {result['env']['model']}")
+    for c in short:
+        table.add_column(c, justify="left" if c == "Method" else "right", no_wrap=True)
+    for r in result["rows"]:
+        table.add_row(*format_row(r)[1:])
+    wide = Console(width=max(console.width, 160)) if not console.is_terminal else console
+    wide.print(table)
     for r in result["rows"]:
         for n in r.get("notes", []):
             console.print(f"  {r['method']}: {n}", highlight=False)
-    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
 
 
 @app.command()

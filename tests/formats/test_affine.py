@@ -20,7 +20,12 @@ def test_encode_decode_and_fields():
 def test_manifest_roundtrip_builds_empty_instance():
     f = AffineQuantized.encode(torch.randn(4, 32), 8, symmetric=False, group_size=16)
     entry = f.to_manifest()
-    assert entry == {"format": "affine", "version": 1, "shape": [4, 32], "meta": {"bits": 8, "group_size": 16}}
+    assert entry == {
+        "format": "affine",
+        "version": 1,
+        "shape": [4, 32],
+        "meta": {"bits": 8, "group_size": 16},
+    }
     specs = {k: (tuple(v.shape), v.dtype) for k, v in f.state_dict().items()}
     g = AffineQuantized.from_manifest(entry, specs)
     assert g.qdata.is_meta and g.zero_point is not None and g.group_size == 16

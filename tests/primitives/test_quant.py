@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modelpress.primitives.quant import choose_qparams, dequantize, quantize, quantize_per_token_int8, qrange
+from modelpress.primitives.quant import choose_qparams, dequantize, qrange, quantize, quantize_per_token_int8
 
 
 def _reference_sym(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -149,11 +149,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
         (axes[0], "size_bytes", "size on disk (MB)"),
         (axes[1], "cpu_latency_ms_p50", "CPU latency p50, batch 1 (ms)"),
     ):
-        for r in rows:
+        for i, r in enumerate(rows):
             x = r[key] / 1e6 if key == "size_bytes" else r[key]
             y = r["quality"] * scale
             ax.scatter([x], [y], s=36)
-            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # alternate label offsets so methods at the same point stay readable
+            ax.annotate(
+                r["method"], (x, y), textcoords="offset points", xytext=(5, 4 - 12 * (i % 2)), fontsize=8
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

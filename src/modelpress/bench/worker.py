@@ -3,7 +3,8 @@
 Loads the artifact with ``modelpress.load`` in a fresh interpreter, runs inference three
 times on the saved inputs, and prints one JSON line with the peak resident set size (and
 peak CUDA memory when run on a GPU). ``baseline_rss_mb`` is the peak RSS after the imports,
-before loading, so readers can tell the model's share from the runtime's.
+before loading (model code imported), so readers can tell the model's share from the
+runtime's.
 """
 
 from __future__ import annotations
@@ -12,11 +13,24 @@ import argparse
 import json
 import resource
 import sys
+from pathlib import Path
 
 
 def _peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return kb * (1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024)
+    """Peak RSS of this process image in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: unlike ``ru_maxrss``, which keeps
+    the high-water mark of the *parent's* memory across fork + exec (so a worker started
+    by a large benchmark process would report the parent's size), ``VmHWM`` belongs to the
+    address space created by exec.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,13 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    import transformers  # noqa: F401 - imported before the baseline reading, as load() needs it
+    import transformers  # imported before the baseline reading, as load() needs it
     from safetensors.torch import load_file
 
     from modelpress.api import load
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Import the model's code before the baseline reading: the baseline is the runtime
+    # (interpreter, torch, transformers and the model class), the rest is the artifact's.
+    base = json.loads((Path(args.artifact) / "manifest.json").read_text()).get("base", {})
+    if base.get("library") == "transformers":
+        getattr(transformers, str(base.get("class")), None)
     baseline = _peak_rss_mb()
     device = torch.device(args.device)
     model = load(args.artifact, device=device)

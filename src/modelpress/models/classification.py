@@ -40,7 +40,7 @@ class ClassifierTraining:
     """How the original classifier is trained on the train split."""
 
     train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=2, lr=5e-5, patience=None)
+        default_factory=lambda: TrainConfig(epochs=1, lr=5e-5, patience=None)
     )
     batch_size: int = 32
     max_length: int = 128

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from modelpress.errors import ConfigError
+from modelpress.training import TrainConfig, fit
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) > 0).long()
+    batches = lambda epoch: [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]  # noqa: E731
+    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    return x, y, batches, loss
+
+
+def test_fit_learns_and_is_reproducible():
+    x, y, batches, loss = _problem()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        res = fit(model, loss, batches, TrainConfig(epochs=5, lr=0.1, patience=None), progress=False)
+        runs.append(model.weight.detach().clone())
+        assert res.steps == 20 and len(res.history) == 5
+    assert torch.equal(runs[0], runs[1])
+    assert (model(x).argmax(-1) == y).float().mean() > 0.9
+
+
+def test_early_stop_restores_best_epoch():
+    _, _, batches, loss = _problem()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    scores = iter([0.5, 0.9, 0.6, 0.4, 0.3])
+    snapshots = []
+
+    def evaluate(m):
+        snapshots.append(m.weight.detach().clone())
+        return next(scores)
+
+    res = fit(
+        model, loss, batches, TrainConfig(epochs=5, lr=0.1, patience=1), evaluate=evaluate, progress=False
+    )
+    assert res.best_epoch == 2 and len(res.history) == 4  # stopped after 2 epochs without gain
+    assert torch.equal(model.weight, snapshots[1])
+
+
+def test_after_step_hook_and_param_subset():
+    _, _, batches, loss = _problem()
+    model = nn.Linear(4, 2)
+    bias0 = model.bias.detach().clone()
+    calls = []
+    fit(
+        model,
+        loss,
+        batches,
+        TrainConfig(epochs=1, lr=0.1),
+        params=[model.weight],
+        after_step=lambda m, s: calls.append(s),
+        progress=False,
+    )
+    assert calls == [1, 2, 3, 4] and torch.equal(model.bias, bias0)
+
+
+def test_bad_train_config():
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        fit(
+            nn.Linear(2, 2).requires_grad_(False),
+            lambda m, b: m(b).sum(),
+            lambda e: [torch.ones(1, 2)],
+            TrainConfig(),
+            progress=False,
+        )
