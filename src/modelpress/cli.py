@@ -116,6 +116,12 @@ def bench(
         bool, typer.Option(help="Keep the saved artifacts under OUTPUT/artifacts.")
     ] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    tune_allocator: Annotated[
+        bool,
+        typer.Option(
+            help="Keep freed memory for reuse while timing (stable timings; see docs/measurement.md)."
+        ),
+    ] = True,
 ) -> None:
     """Compress the model with each method and print the comparison table (every figure measured)."""
     from .bench.report import write_reports
@@ -137,6 +143,7 @@ def bench(
                 progress=progress,
                 measure_memory=memory,
                 keep_artifacts=keep_artifacts,
+                tune_allocator=tune_allocator,
             ),
         )
         command = "modelpress " + " ".join(shlex.quote(a) for a in sys.argv[1:])

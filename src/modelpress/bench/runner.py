@@ -24,7 +24,7 @@ from ..api import artifact_bytes, compress, load, save
 from ..errors import ConfigError
 from ..models.tasks import TaskAdapter
 from ..recipe import Recipe
-from .env import cpu_flags, environment
+from .env import cpu_flags, environment, tune_allocator
 from .measure import measure_memory, time_model
 
 __all__ = ["ROW_KEYS", "BenchOptions", "run_bench"]
@@ -60,6 +60,7 @@ class BenchOptions:
     progress: bool = True
     measure_memory: bool = True
     keep_artifacts: bool = True
+    tune_allocator: bool = True  # see bench.env.tune_allocator
 
 
 def _devices(device: str) -> tuple[torch.device, bool]:
@@ -90,6 +91,7 @@ def run_bench(
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+    allocator = tune_allocator() if options.tune_allocator else "system default"
     out = Path(options.output)
     art_dir = out / "artifacts"
     art_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,7 @@ def run_bench(
         {
             **adapter.describe(),
             "original_quality": reference.value,
+            "allocator": allocator,
             "params": params,
         },
     )

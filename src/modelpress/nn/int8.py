@@ -72,8 +72,8 @@ class Int8DynamicLinear(CompressedModule):
         # (m, in) int8 @ (in, out) int8 -> (m, out) int32; the transposed view is what the
         # CPU kernel wants (column-major B), no copy needed.
         acc = torch._int_mm(xq, self.weight.qdata.t())
-        # rescale in place: (m, out) * (m, 1) * (1, out) [+ bias]
-        y = acc.to(torch.float32).mul_(xs).mul_(self.weight.scale.reshape(1, -1))
+        # rescale: (m, out) int32 * (m, 1) -> float32 in one pass, then * (1, out) [+ bias]
+        y = torch.mul(acc, xs).mul_(self.weight.scale.reshape(1, -1))
         if self.bias is not None:
             y.add_(self.bias)
         return y.to(x.dtype).reshape(*lead, self.out_features)
