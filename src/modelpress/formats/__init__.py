@@ -2,5 +2,6 @@
 
 from .affine import AffineQuantized
 from .base import FORMATS, CompressedTensor, register_format
+from .codebook import Codebook
 
-__all__ = ["FORMATS", "AffineQuantized", "CompressedTensor", "register_format"]
+__all__ = ["FORMATS", "AffineQuantized", "Codebook", "CompressedTensor", "register_format"]

@@ -1,7 +1,7 @@
 """Compression methods, one family per sub-package. Importing this package registers them
 (explicit imports, no package walking)."""
 
-from . import baseline
+from . import baseline, clustering
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "CompressContext",
     "MethodConfig",
     "baseline",
+    "clustering",
     "register",
     "register_config",
 ]

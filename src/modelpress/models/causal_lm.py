@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .cache import cache_key, cached_dir
 from .sources import ModelSource
-from .tasks import TASKS, Evaluation, TaskAdapter
+from .tasks import TASKS, Evaluation, TaskAdapter, model_device
 
 __all__ = ["CausalLMTask"]
 
@@ -140,7 +140,7 @@ class CausalLMTask(TaskAdapter):
             yield {"input_ids": w[idx], "index": idx}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = next(model.parameters()).device
+        device = model_device(model)
         ids = batch["input_ids"].to(device)
         logits = model(input_ids=ids).logits
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
@@ -152,6 +152,18 @@ class CausalLMTask(TaskAdapter):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     # -- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, model: nn.Module, split: str = "validation") -> float:
+        """Perplexity on a split's windows."""
+        device = model_device(model)
+        nll, count = 0.0, 0
+        for batch in self.batches(split, self.eval_batch_size):
+            ids = batch["input_ids"].to(device)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            nll += F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+            count += ids[:, 1:].numel()
+        return math.exp(nll / max(1, count))
+
     @torch.no_grad()
     def evaluate(
         self,

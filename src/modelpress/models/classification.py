@@ -24,7 +24,7 @@ from ..errors import DataError
 from ..training.loop import TrainConfig, fit
 from .cache import cache_key, cached_dir
 from .sources import ModelSource, read_config
-from .tasks import TASKS, Evaluation, TaskAdapter
+from .tasks import TASKS, Evaluation, TaskAdapter, model_device
 from .text import bucketed_batches, to_device
 
 __all__ = ["TextClassificationTask"]
@@ -135,7 +135,7 @@ class TextClassificationTask(TaskAdapter):
             self.loss,
             lambda epoch: self.batches("train", self.training.batch_size, shuffle_seed=epoch),
             self.training.train,
-            evaluate=lambda m: self._accuracy(m, "validation", progress=False),
+            evaluate=lambda m: self.score(m, "validation"),
             progress=progress,
             desc=f"training the original {self.source.name} classifier (one-time, cached)",
         )
@@ -164,7 +164,7 @@ class TextClassificationTask(TaskAdapter):
         )
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = next(model.parameters()).device
+        device = model_device(model)
         b = to_device(batch, device)
         logits = model(**{k: v for k, v in b.items() if k not in ("labels", "index")}).logits
         return F.cross_entropy(logits.float(), b["labels"])
@@ -196,8 +196,8 @@ class TextClassificationTask(TaskAdapter):
             preds[batch["index"]] = model(**inputs).logits.argmax(-1).cpu()
         return preds
 
-    def _accuracy(self, model: nn.Module, split: str, *, progress: bool = False) -> float:
-        device = next(model.parameters()).device
+    def score(self, model: nn.Module, split: str = "validation", *, progress: bool = False) -> float:
+        device = model_device(model)
         labels = torch.tensor(self._split(split).labels)
         return (self.predict(model, split, device=device, progress=progress) == labels).float().mean().item()
 

@@ -17,7 +17,16 @@ from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["TASKS", "Evaluation", "TaskAdapter"]
+__all__ = ["TASKS", "Evaluation", "TaskAdapter", "model_device"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of a model's first parameter or buffer (compressed models may hold buffers only)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 @dataclasses.dataclass
@@ -63,6 +72,10 @@ class TaskAdapter(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The training loss of ``model`` on one batch."""
+
+    @abc.abstractmethod
+    def score(self, model: nn.Module, split: str = "validation") -> float:
+        """The task metric of ``model`` on a split (for early stopping during fine-tuning)."""
 
     seq_len: int = 64
 

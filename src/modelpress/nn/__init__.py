@@ -1,6 +1,16 @@
 """Modules that run compressed weights."""
 
 from .base import MODULES, CompressedModule, register_module
+from .decoded import DecodedConv, DecodedEmbedding, DecodedLinear
 from .int8 import Int8DynamicLinear, Int8Embedding
 
-__all__ = ["MODULES", "CompressedModule", "Int8DynamicLinear", "Int8Embedding", "register_module"]
+__all__ = [
+    "MODULES",
+    "CompressedModule",
+    "DecodedConv",
+    "DecodedEmbedding",
+    "DecodedLinear",
+    "Int8DynamicLinear",
+    "Int8Embedding",
+    "register_module",
+]

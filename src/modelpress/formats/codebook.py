@@ -1,0 +1,282 @@
+"""Codebook (weight-sharing) format: ``codes, codebook[, scale][, mask]``.
+
+Each weight is replaced by a ``bits``-bit index into a small table of shared values
+(k-means centroids, NF4 levels, ...). Views of the weight: 2-D ``(rows, cols)`` with
+``rows = shape[0]`` and ``cols`` = the rest flattened (conv kernels included).
+
+Granularity (one codebook of ``k = 2**bits`` entries per ...):
+- ``tensor``: one for the whole tensor, ``codebook (1, k)``;
+- ``channel``: one per row / output channel, ``codebook (rows, k)``;
+- ``group``: one per run of ``group_size`` weights of a row, ``codebook (rows*cols/G, k)``;
+- ``group-scaled``: one shared ``codebook (1, k)`` times a per-group ``scale (n_groups, 1)``.
+
+Codebook dtype: ``float32``, ``float16``, or ``int8`` with a per-codebook ``scale``
+(for ``group-scaled``, ``scale`` is the group scale and the shared codebook stays float).
+
+``mask`` (optional, sparsity-preserving): positions not in the mask decode to exactly 0
+and have no code; ``codes`` then holds one code per kept weight, in row-major order.
+
+Storage vs memory: on disk ``codes`` is a bit stream of exactly ``bits`` bits per code
+(``coding="packed"``) or that stream's code bytes entropy-coded with zstd
+(``coding="zstd"``, Huffman + FSE stages); the mask is a 1-bit-per-weight stream. In memory
+(rebuilt after load, ``_load_from_state_dict``) codes are nibble-packed for bits <= 4 and
+one byte each above, and the mask is a bool tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..primitives.bitpack import pack_bits, packed_nbytes, unpack_bits
+from .base import CompressedTensor, register_format
+
+__all__ = ["GRANULARITIES", "Codebook"]
+
+GRANULARITIES = ("tensor", "channel", "group", "group-scaled")
+CODEBOOK_DTYPES = ("float32", "float16", "int8")
+CODINGS = ("packed", "zstd")
+
+
+def _runtime_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes -> the in-memory layout (two per byte when bits <= 4)."""
+    return pack_bits(codes, 4) if bits <= 4 else codes.to(torch.uint8)
+
+
+def _runtime_unpack(rt: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    if bits > 4:
+        return rt[:n]
+    lo = rt & 0x0F
+    hi = rt >> 4
+    return torch.stack([lo, hi], dim=1).reshape(-1)[:n]
+
+
+@register_format
+class Codebook(CompressedTensor):
+    format_name = "codebook"
+    format_version = 1
+    fields = ("codes", "codebook")
+    optional_fields = ("scale", "mask")
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        *,
+        codes: torch.Tensor,
+        codebook: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        bits: int,
+        granularity: str = "channel",
+        group_size: int | None = None,
+        coding: str = "packed",
+        n_codes: int | None = None,
+        runtime: bool = False,
+    ) -> None:
+        """``codes``: uint8 codes (flat, ``runtime=True`` or from ``encode``) or the stored
+        stream (``runtime=False``, when rebuilt from a manifest)."""
+        super().__init__(shape, codes=codes, codebook=codebook, scale=scale, mask=mask)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity '{granularity}' (known: {', '.join(GRANULARITIES)})")
+        if coding not in CODINGS:
+            raise ValueError(f"unknown code coding '{coding}' (known: {', '.join(CODINGS)})")
+        self.bits = int(bits)
+        self.granularity = granularity
+        self.group_size = None if group_size is None else int(group_size)
+        self.coding = coding
+        self.rows = int(self.shape[0])
+        self.cols = int(self.shape.numel() // max(1, self.rows))
+        self.n_codes = int(n_codes) if n_codes is not None else self.shape.numel()
+        if runtime:
+            self.codes = _runtime_pack(codes.reshape(-1), self.bits)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_codes(
+        cls,
+        shape: Sequence[int],
+        codes: torch.Tensor,
+        codebook: torch.Tensor,
+        *,
+        bits: int,
+        granularity: str,
+        group_size: int | None = None,
+        scale: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        codebook_dtype: str = "float32",
+        coding: str = "packed",
+    ) -> Codebook:
+        """Build from uint8 codes (one per weight, or per kept weight with a mask) and a
+        float codebook; converts the codebook to ``codebook_dtype``."""
+        if codebook_dtype not in CODEBOOK_DTYPES:
+            raise ValueError(
+                f"codebook dtype must be one of {', '.join(CODEBOOK_DTYPES)}, got '{codebook_dtype}'"
+            )
+        cb = codebook.detach().float()
+        if codebook_dtype == "float16":
+            cb = cb.half()
+        elif codebook_dtype == "int8":
+            if granularity == "group-scaled":
+                raise ValueError("int8 codebooks need a per-codebook scale; group-scaled already has one")
+            s = cb.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+            cb, scale = torch.round(cb / s).clamp(-127, 127).to(torch.int8), s
+        return cls(
+            shape,
+            codes=codes.reshape(-1).to(torch.uint8),
+            codebook=cb,
+            scale=scale,
+            mask=None if mask is None else mask.reshape(-1).bool(),
+            bits=bits,
+            granularity=granularity,
+            group_size=group_size,
+            coding=coding,
+            n_codes=codes.numel(),
+            runtime=True,
+        )
+
+    # -- decode -------------------------------------------------------------------------
+    def float_codebook(self) -> torch.Tensor:
+        """The codebook as float32 ``(n_codebooks, k)`` (an int8 codebook times its scale)."""
+        cb = self.codebook
+        if cb.dtype == torch.int8:
+            return cb.float() * self.scale
+        return cb.float()
+
+    def code_values(self) -> torch.Tensor:
+        """uint8 codes, one per coded weight, in row-major order."""
+        return _runtime_unpack(self.codes, self.bits, self.n_codes)
+
+    def _book_index(self, n_per_row: torch.Tensor | None) -> torch.Tensor | None:
+        """Index of the codebook used by each coded weight (``None``: the single codebook)."""
+        if self.granularity in ("tensor",):
+            return None
+        dev = self.codes.device
+        if self.mask is None:
+            pos = torch.arange(self.n_codes, device=dev, dtype=torch.int32)
+        else:
+            pos = self.mask.reshape(-1).nonzero().squeeze(1).to(torch.int32)
+        if self.granularity == "channel":
+            return pos // self.cols
+        return pos // int(self.group_size or 1)
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        codes = self.code_values().to(torch.int32)
+        cb = self.float_codebook()
+        k = cb.shape[1]
+        if self.granularity == "tensor":
+            vals = cb[0][codes]
+        elif self.granularity == "group-scaled":
+            vals = cb[0][codes] * self.scale.reshape(-1)[self._book_index(None)]
+        else:
+            vals = cb.reshape(-1)[codes + self._book_index(None) * k]
+        if self.mask is None:
+            out = vals
+        else:
+            out = torch.zeros(self.shape.numel(), dtype=vals.dtype, device=vals.device)
+            out[self.mask.reshape(-1)] = vals
+        return out.reshape(self.shape).to(dtype)
+
+    def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Decode only the given rows (an embedding lookup), ``(len(rows), cols)``."""
+        if self.mask is not None or self.granularity == "group-scaled":
+            return self.decode(dtype)[rows]
+        cols, k = self.cols, self.codebook.shape[1]
+        if self.bits <= 4 and cols % 2 == 0:
+            rt = self.codes.reshape(self.rows, cols // 2)[rows]  # (m, cols/2) nibble pairs
+            codes = torch.stack([rt & 0x0F, rt >> 4], dim=-1).reshape(rows.shape[0], cols)
+        else:
+            codes = self.code_values().reshape(self.rows, cols)[rows]
+        codes = codes.to(torch.int32)
+        cb = self.float_codebook()
+        if self.granularity == "tensor":
+            vals = cb[0][codes]
+        elif self.granularity == "channel":
+            vals = cb[rows].gather(1, codes.long())
+        else:
+            g = self.group_size or cols
+            books = (
+                rows.to(torch.int32).unsqueeze(1) * (cols // g)
+                + torch.arange(cols, device=rows.device, dtype=torch.int32) // g
+            )
+            vals = cb.reshape(-1)[codes + books * k]
+        return vals.to(dtype)
+
+    # -- storage <-> memory -------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "granularity": self.granularity,
+            "group_size": self.group_size,
+            "coding": self.coding,
+            "n_codes": self.n_codes,
+        }
+
+    def stored_codes(self) -> torch.Tensor:
+        """The codes as written to disk (cached while the codes are unchanged, so a format
+        shared by tied modules yields the very same tensor and is stored once)."""
+        key = (id(self.codes), self.codes._version)
+        cached = getattr(self, "_stored", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        codes = self.code_values()
+        if self.coding == "packed":
+            out = pack_bits(codes, self.bits)
+        else:
+            import zstandard
+
+            blob = zstandard.ZstdCompressor(level=19).compress(codes.cpu().numpy().tobytes())
+            out = torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()
+        self._stored = (key, out)
+        return out
+
+    def stored_mask(self) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        key = (id(self.mask), self.mask._version)
+        cached = getattr(self, "_stored_mask", None)
+        if cached is None or cached[0] != key:
+            cached = (key, pack_bits(self.mask.reshape(-1).to(torch.uint8), 1))
+            self._stored_mask = cached
+        return cached[1]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "codes"] = self.stored_codes()
+        if self.mask is not None:
+            destination[prefix + "mask"] = self.stored_mask()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        key, mkey = prefix + "codes", prefix + "mask"
+        if key in state_dict:
+            stored = state_dict[key]
+            if self.coding == "packed":
+                codes = unpack_bits(stored.cpu(), self.bits, self.n_codes)
+            else:
+                import zstandard
+
+                raw = zstandard.ZstdDecompressor().decompress(stored.cpu().numpy().tobytes())
+                codes = torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+                if codes.numel() != self.n_codes:
+                    raise ValueError(f"{key}: decoded {codes.numel()} codes, expected {self.n_codes}")
+            state_dict = dict(state_dict)
+            # the in-memory layout differs in shape from the stored one: install it first,
+            # then let the default loader assign / copy the same tensor
+            rt = _runtime_pack(codes, self.bits).to(stored.device)
+            self._buffers["codes"] = rt
+            state_dict[key] = rt
+            if mkey in state_dict and self.mask is not None:
+                m = unpack_bits(state_dict[mkey].cpu(), 1, self.shape.numel()).bool().to(stored.device)
+                self._buffers["mask"] = m
+                state_dict[mkey] = m
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+    def stored_nbytes(self) -> int:
+        n = packed_nbytes(self.n_codes, self.bits) if self.coding == "packed" else self.stored_codes().numel()
+        n += self.codebook.numel() * self.codebook.element_size()
+        if self.scale is not None:
+            n += self.scale.numel() * self.scale.element_size()
+        if self.mask is not None:
+            n += packed_nbytes(self.shape.numel(), 1)
+        return n

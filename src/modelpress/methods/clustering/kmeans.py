@@ -1,0 +1,264 @@
+"""Weight clustering: k-means weight sharing (Han, Mao, Dally, "Deep Compression",
+arXiv 1510.00149), optionally sensitivity-weighted (SqueezeLLM, arXiv 2306.07629).
+
+Every selected Linear / Embedding / Conv weight becomes a ``Codebook``: ``bits``-bit codes
+into ``2**bits`` shared values per tensor, output channel or group, stored bit-packed (or
+entropy-coded) and decoded at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...errors import ConfigError
+from ...formats.codebook import CODEBOOK_DTYPES, GRANULARITIES, Codebook
+from ...nn.decoded import DecodedConv, DecodedEmbedding, DecodedLinear
+from ...primitives.kmeans import INITS, fit_kmeans, fit_kmeans_exact
+from ..base import CompressContext, MethodConfig, register, register_config, select_modules
+
+__all__ = ["KMeansConfig", "cluster_weight"]
+
+log = logging.getLogger(__name__)
+
+LAYER_TYPES = {
+    "linear": (nn.Linear,),
+    "embedding": (nn.Embedding,),
+    "conv": (nn.Conv1d, nn.Conv2d),
+}
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class KMeansConfig(MethodConfig):
+    """Cluster weights into ``2**bits`` shared values.
+
+    granularity: ``tensor`` (one codebook per layer, as Deep Compression), ``channel`` (per
+    output channel / embedding row), ``group`` (per ``group_size`` weights of a row), or
+    ``group-scaled`` (one shared codebook, a float scale per group).
+    init: ``linear`` | ``kmeans++`` | ``quantile``; ``exact=True`` uses the optimal dynamic
+    programme instead of Lloyd (slow; small layers).
+    importance: ``none`` or ``fisher`` (weights the k-means by squared gradients of the
+    task loss on ``importance_batches`` training batches; needs ``data``).
+    codebook_dtype: ``float32`` | ``float16`` | ``int8`` (with a scale per codebook).
+    coding: ``packed`` (exactly ``bits`` per code), ``zstd`` (entropy-coded codes) or
+    ``auto`` (whichever is smaller, per tensor).
+    sparsity: ``auto`` keeps exact zeros exactly zero (a mask; only kept weights are
+    clustered) when at least 1 % of a weight is zero; ``ignore`` clusters zeros too.
+    """
+
+    name = "kmeans"
+    bits: int = 4
+    granularity: str = "tensor"
+    group_size: int | None = None
+    init: str = "linear"
+    exact: bool = False
+    importance: str = "none"
+    importance_batches: int = 8
+    codebook_dtype: str = "float32"
+    coding: str = "packed"
+    sparsity: str = "auto"
+    layers: tuple[str, ...] = ("linear", "embedding", "conv")
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    max_iter: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise ConfigError(f"kmeans: bits must be an integer in 1..8 (2..256 clusters), got {self.bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"kmeans: unknown granularity '{self.granularity}' (use one of {', '.join(GRANULARITIES)})"
+            )
+        if self.granularity.startswith("group"):
+            if not isinstance(self.group_size, int) or self.group_size < 1:
+                raise ConfigError(f"kmeans: granularity '{self.granularity}' needs a group_size >= 1")
+            if self.granularity == "group" and self.group_size < 2**self.bits:
+                raise ConfigError(
+                    f"kmeans: a group of {self.group_size} weights cannot fill {2**self.bits} clusters; "
+                    "use a larger group_size or fewer bits"
+                )
+        if self.init not in INITS:
+            raise ConfigError(f"kmeans: unknown init '{self.init}' (use one of {', '.join(INITS)})")
+        if self.importance not in ("none", "fisher"):
+            raise ConfigError(f"kmeans: importance must be 'none' or 'fisher', got '{self.importance}'")
+        if self.codebook_dtype not in CODEBOOK_DTYPES:
+            raise ConfigError(f"kmeans: codebook_dtype must be one of {', '.join(CODEBOOK_DTYPES)}")
+        if self.codebook_dtype == "int8" and self.granularity == "group-scaled":
+            raise ConfigError(
+                "kmeans: group-scaled codebooks are scaled per group already; use float16/float32"
+            )
+        if self.coding not in ("packed", "zstd", "auto"):
+            raise ConfigError(f"kmeans: coding must be packed, zstd or auto, got '{self.coding}'")
+        if self.sparsity not in ("auto", "ignore"):
+            raise ConfigError(f"kmeans: sparsity must be 'auto' or 'ignore', got '{self.sparsity}'")
+        unknown = set(self.layers) - set(LAYER_TYPES)
+        if unknown or isinstance(self.layers, str):
+            raise ConfigError(
+                f"kmeans: layers must be a list from {', '.join(LAYER_TYPES)}, got {self.layers!r}"
+            )
+
+
+def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
+    """The batch of rows k-means runs on, one per codebook."""
+    flat = w.reshape(w.shape[0], -1)
+    if config.granularity == "tensor":
+        return flat.reshape(1, -1)
+    if config.granularity == "channel":
+        return flat
+    g = int(config.group_size or 1)
+    if flat.shape[1] % g:
+        raise ConfigError(f"kmeans: group_size {g} does not divide the row length {flat.shape[1]}")
+    return flat.reshape(-1, g)
+
+
+def cluster_weight(
+    w: torch.Tensor,
+    config: KMeansConfig,
+    *,
+    importance: torch.Tensor | None = None,
+    name: str = "weight",
+) -> Codebook:
+    """Cluster one weight tensor into a ``Codebook`` format."""
+    w = w.detach().float()
+    if not torch.isfinite(w).all():
+        raise ConfigError(f"kmeans: {name} holds NaN or inf values")
+    k = 2**config.bits
+    mask = None
+    if config.sparsity == "auto" and (w == 0).float().mean() >= 0.01:
+        mask = w != 0
+    scale = None
+    values = w
+    row_cfg = config
+    if config.granularity == "group-scaled":
+        g = _rows(w, config)
+        scale = g.abs().amax(1, keepdim=True).clamp_min(1e-12)  # (n_groups, 1)
+        values = (g / scale).reshape(w.shape)
+        row_cfg = dataclasses.replace(config, granularity="tensor")  # one shared codebook
+    rows = _rows(values, row_cfg)
+    weights = None if importance is None else _rows(importance.float(), row_cfg)
+    if mask is not None:
+        m = _rows(mask.float(), row_cfg)
+        weights = m if weights is None else weights * m
+    n_per_row = rows.shape[1] if mask is None else int(mask.sum())
+    if k > n_per_row:
+        raise ConfigError(f"kmeans: {name} has {n_per_row} weights per codebook, fewer than k = {k} clusters")
+    if config.exact:
+        results = [
+            fit_kmeans_exact(r, k, weights=None if weights is None else weights[i])
+            for i, r in enumerate(rows)
+        ]
+        centroids = torch.cat([r.centroids for r in results])
+        codes = torch.cat([r.codes for r in results])
+    else:
+        res = fit_kmeans(
+            rows, k, weights=weights, init=config.init, max_iter=config.max_iter, seed=config.seed
+        )
+        centroids, codes = res.centroids, res.codes
+    codes = codes.reshape(-1)
+    if mask is not None:
+        codes = codes[mask.reshape(-1)]
+    coding = config.coding
+
+    def build(c: str) -> Codebook:
+        return Codebook.from_codes(
+            w.shape,
+            codes,
+            centroids,
+            bits=config.bits,
+            granularity=config.granularity,
+            group_size=config.group_size,
+            scale=scale,
+            mask=mask,
+            codebook_dtype=config.codebook_dtype,
+            coding=c,
+        )
+
+    if coding == "auto":
+        packed, entropy = build("packed"), build("zstd")
+        return entropy if entropy.stored_nbytes() < packed.stored_nbytes() else packed
+    return build(coding)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def fisher_importance(
+    model: nn.Module, params: dict[str, nn.Parameter], data: object, n_batches: int, progress: bool
+) -> dict[str, torch.Tensor]:
+    """Sum of squared gradients of the task loss per weight (diagonal Fisher information)."""
+    for attr in ("batches", "loss"):
+        if not hasattr(data, attr):
+            raise ConfigError("kmeans: importance='fisher' needs training data (a task adapter as `data`)")
+    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    was_training = model.training
+    model.eval()
+    flags = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)
+    batches = list(itertools.islice(data.batches("train", 16, shuffle_seed=0), n_batches))  # type: ignore[attr-defined]
+    if not batches:
+        raise ConfigError("kmeans: importance='fisher' got an empty calibration set")
+    for batch in tqdm(batches, desc="fisher importance", disable=not progress, leave=False):
+        model.zero_grad(set_to_none=True)
+        data.loss(model, batch).backward()  # type: ignore[attr-defined]
+        for n, p in params.items():
+            if p.grad is not None:
+                acc[n] += p.grad.detach().float() ** 2
+    model.zero_grad(set_to_none=True)
+    for n, p in params.items():
+        p.requires_grad_(flags[n])
+    model.train(was_training)
+    return acc
+
+
+@register(KMeansConfig)
+def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn.Module:
+    types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
+    targets = select_modules(model, types, config.include, config.exclude)
+    if not targets:
+        raise ConfigError("kmeans: no layer matched include/exclude/layers")
+    k = 2**config.bits
+    small = [(n, m) for n, m in targets if _rows(m.weight, config).shape[1] < k]
+    for n, m in small:
+        log.warning(
+            "kmeans: %s left uncompressed: %d weights per codebook < k = %d",
+            n,
+            _rows(m.weight, config).shape[1],
+            k,
+        )
+    targets = [t for t in targets if t not in small]
+    if not targets:
+        raise ConfigError(
+            f"kmeans: every matched layer has fewer weights per codebook than k = {k} clusters; "
+            "use fewer bits or a coarser granularity"
+        )
+    importance: dict[str, torch.Tensor] = {}
+    if config.importance == "fisher":
+        importance = fisher_importance(
+            model, {n: m.weight for n, m in targets}, ctx.data, config.importance_batches, ctx.progress
+        )
+    shared: dict[int, Codebook] = {}  # id(original weight) -> its codebook (tied weights)
+    for name, mod in tqdm(targets, desc=f"kmeans {config.bits}-bit", disable=not ctx.progress, leave=False):
+        fmt = shared.get(id(mod.weight))
+        if fmt is None:
+            fmt = cluster_weight(mod.weight, config, importance=importance.get(name), name=name)
+            shared[id(mod.weight)] = fmt
+        if isinstance(mod, nn.Linear):
+            new: nn.Module = DecodedLinear.wrap(mod, fmt)
+        elif isinstance(mod, nn.Embedding):
+            new = DecodedEmbedding.wrap(mod, fmt)
+        else:
+            new = DecodedConv.wrap(mod, fmt)
+        _set_submodule(model, name, new)
+    log.info("kmeans: clustered %d layers to %d bits (%s)", len(targets), config.bits, config.granularity)
+    return model
