@@ -1,9 +1,13 @@
 """Affine integer format: ``qdata, scale[, zero_point]``.
 
-``qdata`` holds one integer per weight in an int8 (symmetric) or uint8 (asymmetric)
-container, shape = the weight's 2-D shape ``(rows, cols)``; ``scale`` is ``(rows, n_groups)``
-float32, one per output channel (``group_size=None``) or per group of columns.
-Sub-byte packing belongs to a format of its own (quantization issue).
+One integer per weight, ``q = round(w / scale) [+ zero_point]``, with ``scale`` of shape
+``(rows, n_groups)`` (one per output channel when ``group_size`` is None, else one per run
+of ``group_size`` columns) and ``zero_point`` likewise (int16) when asymmetric.
+
+8-bit ``qdata`` is an int8 (symmetric) or uint8 (asymmetric) tensor of the weight's 2-D
+shape, used directly by INT8 kernels. Below 8 bits the codes ``q - qmin`` are stored as a
+bit stream of exactly ``bits`` bits each (two 4-bit values per byte, tight 3-bit and 2-bit
+packing); in memory they are nibble-packed (bits <= 4) or one byte each, rebuilt after load.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ from typing import Any
 
 import torch
 
-from ..primitives.quant import choose_qparams, dequantize, quantize
+from ..primitives.bitpack import pack_bits, unpack_bits
+from ..primitives.quant import choose_qparams, dequantize, qrange, quantize
 from .base import CompressedTensor, register_format
+
+
+def _to_runtime(u: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes (flat uint8) -> in-memory packing."""
+    return pack_bits(u, 4) if bits <= 4 else u.to(torch.uint8)
 
 
 @register_format
@@ -34,6 +44,8 @@ class AffineQuantized(CompressedTensor):
         bits: int = 8,
         group_size: int | None = None,
     ) -> None:
+        """``qdata``: for 8 bits the integer tensor; below 8 bits the in-memory packing of
+        the unsigned codes (use ``encode`` or ``from_ints`` to build one)."""
         super().__init__(shape, qdata=qdata, scale=scale, zero_point=zero_point)
         if len(self.shape) != 2:
             raise ValueError(f"affine format holds 2-D weights, got shape {tuple(self.shape)}")
@@ -41,19 +53,85 @@ class AffineQuantized(CompressedTensor):
         self.group_size = None if group_size is None else int(group_size)
 
     @classmethod
+    def from_ints(
+        cls,
+        shape: Sequence[int],
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor | None,
+        bits: int,
+        group_size: int | None,
+    ) -> AffineQuantized:
+        if bits < 8:
+            qmin, _ = qrange(bits, zero_point is None)
+            q = _to_runtime((q.to(torch.int32) - qmin).reshape(-1), bits)
+        return cls(shape, qdata=q, scale=scale, zero_point=zero_point, bits=bits, group_size=group_size)
+
+    @classmethod
     def encode(
         cls, w: torch.Tensor, bits: int = 8, *, symmetric: bool = True, group_size: int | None = None
     ) -> AffineQuantized:
         scale, zp = choose_qparams(w, bits, symmetric=symmetric, group_size=group_size)
         q = quantize(w, scale, zp, bits, group_size=group_size)
-        return cls(w.shape, qdata=q, scale=scale, zero_point=zp, bits=bits, group_size=group_size)
+        return cls.from_ints(w.shape, q, scale, zp, bits, group_size)
 
     @property
     def symmetric(self) -> bool:
         return self.zero_point is None
 
+    def int_values(self) -> torch.Tensor:
+        """The integers ``q`` as int32, shape ``(rows, cols)``."""
+        if self.bits == 8:
+            return self.qdata.to(torch.int32)
+        n = self.shape.numel()
+        if self.bits <= 4:
+            u = torch.stack([self.qdata & 0x0F, self.qdata >> 4], dim=1).reshape(-1)[:n]
+        else:
+            u = self.qdata[:n]
+        qmin, _ = qrange(self.bits, self.symmetric)
+        return (u.to(torch.int32) + qmin).reshape(self.shape)
+
     def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(self.qdata, self.scale, self.zero_point, group_size=self.group_size, dtype=dtype)
+        return dequantize(
+            self.int_values(), self.scale, self.zero_point, group_size=self.group_size, dtype=dtype
+        )
+
+    def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Decode only the given rows (an embedding lookup), ``(len(rows), cols)``."""
+        cols = int(self.shape[1])
+        if self.bits == 8:
+            q = self.qdata[rows].to(torch.int32)
+        elif self.bits <= 4 and cols % 2 == 0:
+            packed = self.qdata.reshape(int(self.shape[0]), cols // 2)[rows]
+            u = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(rows.shape[0], cols)
+            q = u.to(torch.int32) + qrange(self.bits, self.symmetric)[0]
+        else:
+            q = self.int_values()[rows]
+        zp = None if self.zero_point is None else self.zero_point[rows]
+        return dequantize(q, self.scale[rows], zp, group_size=self.group_size, dtype=dtype)
 
     def meta(self) -> dict[str, Any]:
         return {"bits": self.bits, "group_size": self.group_size}
+
+    # -- storage <-> memory (below 8 bits) ------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.bits < 8:
+            qmin, _ = qrange(self.bits, self.symmetric)
+            key = (id(self.qdata), self.qdata._version)
+            cached = getattr(self, "_stored", None)
+            if cached is None or cached[0] != key:  # same tensor for tied users: stored once
+                cached = (key, pack_bits((self.int_values() - qmin).reshape(-1), self.bits))
+                self._stored = cached
+            destination[prefix + "qdata"] = cached[1]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        key = prefix + "qdata"
+        if self.bits < 8 and key in state_dict:
+            stored = state_dict[key]
+            u = unpack_bits(stored.cpu(), self.bits, self.shape.numel())
+            rt = _to_runtime(u, self.bits).to(stored.device)
+            self._buffers["qdata"] = rt
+            state_dict = dict(state_dict)
+            state_dict[key] = rt
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)

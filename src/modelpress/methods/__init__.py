@@ -1,7 +1,7 @@
 """Compression methods, one family per sub-package. Importing this package registers them
 (explicit imports, no package walking)."""
 
-from . import baseline, clustering
+from . import baseline, clustering, quantization
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "MethodConfig",
     "baseline",
     "clustering",
+    "quantization",
     "register",
     "register_config",
 ]

@@ -1,0 +1,102 @@
+"""Weight-only affine quantization, round to nearest (RTN): INT8 / INT4 / INT3 / INT2,
+symmetric or asymmetric, per output channel or per group of columns; packed storage.
+
+The baseline every better quantizer (GPTQ, AWQ ...) is measured against. Weights are
+stored in the ``affine`` format (exactly ``bits`` bits per weight on disk plus one scale,
+and a zero point if asymmetric, per channel or group) and decoded at each call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...errors import ConfigError
+from ...formats.affine import AffineQuantized
+from ...nn.decoded import DecodedEmbedding, DecodedLinear
+from ..base import CompressContext, MethodConfig, register, register_config, register_preset, select_modules
+
+__all__ = ["WeightOnlyConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class WeightOnlyConfig(MethodConfig):
+    """Round-to-nearest weight-only quantization of Linear (and Embedding) weights."""
+
+    name = "weight-only"
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = False
+    embeddings: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ConfigError(f"weight-only: bits must be an integer in 2..8, got {self.bits!r}")
+        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ConfigError(
+                f"weight-only: group_size must be a positive integer or null, got {self.group_size!r}"
+            )
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+@register(WeightOnlyConfig)
+def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContext) -> nn.Module:
+    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
+    targets = select_modules(model, types, config.include, config.exclude)
+    g = config.group_size
+    skipped = [(n, m) for n, m in targets if g is not None and m.weight.shape[1] % g]
+    for n, m in skipped:
+        log.warning(
+            "weight-only: %s left uncompressed: group size %d does not divide %d", n, g, m.weight.shape[1]
+        )
+    targets = [t for t in targets if t not in skipped]
+    if not targets:
+        raise ConfigError(
+            "weight-only: no layer to quantize (check include/exclude and that group_size divides rows)"
+        )
+    shared: dict[int, AffineQuantized] = {}
+    for name, mod in tqdm(targets, desc=f"int{config.bits} RTN", disable=not ctx.progress, leave=False):
+        fmt = shared.get(id(mod.weight))
+        if fmt is None:
+            fmt = AffineQuantized.encode(
+                mod.weight.detach(), config.bits, symmetric=config.symmetric, group_size=g
+            )
+            shared[id(mod.weight)] = fmt
+        new = DecodedLinear.wrap(mod, fmt) if isinstance(mod, nn.Linear) else DecodedEmbedding.wrap(mod, fmt)
+        _set_submodule(model, name, new)
+    return model
+
+
+FAMILY = "quantization"
+
+
+@register_preset("int8-weight", "weight-only INT8, symmetric, per output channel", FAMILY)
+def _w8() -> list[MethodConfig]:
+    return [WeightOnlyConfig(bits=8, group_size=None, symmetric=True)]
+
+
+@register_preset("int4-g128", "weight-only INT4 round-to-nearest, asymmetric, groups of 128", FAMILY)
+def _w4() -> list[MethodConfig]:
+    return [WeightOnlyConfig(bits=4, group_size=128)]
+
+
+@register_preset("int3-g128", "weight-only INT3 round-to-nearest, asymmetric, groups of 128", FAMILY)
+def _w3() -> list[MethodConfig]:
+    return [WeightOnlyConfig(bits=3, group_size=128)]
+
+
+@register_preset("int2-g64", "weight-only INT2 round-to-nearest, asymmetric, groups of 64", FAMILY)
+def _w2() -> list[MethodConfig]:
+    return [WeightOnlyConfig(bits=2, group_size=64)]
