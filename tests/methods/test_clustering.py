@@ -155,3 +155,30 @@ def test_more_clusters_than_weights(tiny_bert, caplog):
         cluster_weight(torch.randn(2, 4), KMeansConfig(bits=4, granularity="channel"), name="tiny")
     with pytest.raises(mp.ConfigError, match="NaN"):
         cluster_weight(torch.tensor([[float("nan"), 1.0]]), KMeansConfig(bits=1))
+
+
+def test_product_quantization(tmp_path, tiny_bert):
+    from modelpress.formats import ProductQuantized
+    from modelpress.methods.clustering import ProductQuantConfig
+    from modelpress.primitives.kmeans import fit_kmeans_vectors
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 4, generator=g)
+    c, codes, total = fit_kmeans_vectors(x, 64)
+    assert total == pytest.approx(float(((x - c[codes]) ** 2).sum()), rel=1e-4)
+    # Lloyd improves on its own k-means++ seeding
+    *_, total0 = fit_kmeans_vectors(x, 64, max_iter=0)
+    assert total <= total0
+    model = mp.compress(tiny_bert, ProductQuantConfig(bits=6, dim=4))
+    fmt = model.bert.encoder.layer[0].intermediate.dense.weight
+    assert isinstance(fmt, ProductQuantized) and fmt.codebook.shape == (64, 4)
+    assert torch.equal(fmt.decode(), fmt.codebook[fmt.codes.long()].reshape(fmt.shape))
+    path = mp.save(model, tmp_path / "pq")
+    assert mp.load(path).bert.encoder.layer[0].intermediate.dense.weight.state_dict()["codes"].numel() == (
+        64 * 32 // 4 * 6 // 8
+    )
+    ids = torch.randint(0, 1000, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(mp.load(path)(input_ids=ids).logits, model(input_ids=ids).logits)
+    with pytest.raises(mp.ConfigError, match="dim"):
+        ProductQuantConfig(dim=1)

@@ -3,5 +3,13 @@
 from .affine import AffineQuantized
 from .base import FORMATS, CompressedTensor, register_format
 from .codebook import Codebook
+from .pq import ProductQuantized
 
-__all__ = ["FORMATS", "AffineQuantized", "Codebook", "CompressedTensor", "register_format"]
+__all__ = [
+    "FORMATS",
+    "AffineQuantized",
+    "Codebook",
+    "CompressedTensor",
+    "ProductQuantized",
+    "register_format",
+]

@@ -1,7 +1,8 @@
 """Resolve ``--model`` / ``--task`` / ``--data`` into a task adapter.
 
-Built-in names: ``minilm`` (the default: all-MiniLM-L6-v2 sentiment on Rotten Tomatoes) and
-``smollm2`` (SmolLM2-135M perplexity on convention speeches). Anything else is a local
+Built-in names: ``minilm`` (the default: all-MiniLM-L6-v2 sentiment on Rotten Tomatoes),
+``smollm2`` (SmolLM2-135M perplexity on convention speeches), ``lenet-300-100`` and
+``lenet-5`` (MNIST-5k digits). Anything else is a local
 Hugging Face model directory, or a hub id (needs a network).
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..data.datasets import TextDataset, political_speeches, read_text_file, rotten_tomatoes, split_dataset
+from ..data.images import mnist_5k
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .causal_lm import CausalLMTask
 from .classification import TextClassificationTask
 from .sources import local_source, minilm_source, read_config, smollm2_source
 from .tasks import TASKS, TaskAdapter
+from .vision import ImageClassificationTask
 
 __all__ = ["BUILTIN_MODELS", "resolve_model"]
 
@@ -38,7 +41,22 @@ def _smollm2(seq_len: int | None = None, eval_tokens: int | None = None, **_: ob
     )
 
 
-_DEFAULT_TASK = {"minilm": "text-classification", "smollm2": "causal-lm"}
+@BUILTIN_MODELS.register("lenet-300-100")
+def _lenet300(**_: object) -> TaskAdapter:
+    return ImageClassificationTask("lenet-300-100", mnist_5k(seed=0))
+
+
+@BUILTIN_MODELS.register("lenet-5")
+def _lenet5(**_: object) -> TaskAdapter:
+    return ImageClassificationTask("lenet-5", mnist_5k(seed=0))
+
+
+_DEFAULT_TASK = {
+    "minilm": "text-classification",
+    "smollm2": "causal-lm",
+    "lenet-300-100": "image-classification",
+    "lenet-5": "image-classification",
+}
 
 
 def _infer_task(config: dict) -> str | None:

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["KMeansResult", "assign", "fit_kmeans", "fit_kmeans_exact", "inertia"]
+__all__ = ["KMeansResult", "assign", "fit_kmeans", "fit_kmeans_exact", "fit_kmeans_vectors", "inertia"]
 
 INITS = ("linear", "kmeans++", "quantile")
 
@@ -321,3 +321,55 @@ def fit_kmeans_exact(x: torch.Tensor, k: int, *, weights: torch.Tensor | None = 
     c = torch.where(s0 > 0, s1 / s0.clamp_min(1e-300), torch.zeros_like(s1))
     c32 = c.to(torch.float32).to(xr.device)
     return KMeansResult(c32, assign(xr, c32), torch.tensor([float(prev[n])], dtype=torch.float64), k)
+
+
+def fit_kmeans_vectors(
+    x: torch.Tensor, k: int, *, max_iter: int = 25, seed: int = 0, chunk: int = 65536, sample: int = 100_000
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """k-means of ``N`` vectors of dimension ``d`` (product / vector quantization).
+
+    k-means++ seeding on a random sample of at most ``sample`` vectors, then Lloyd over
+    all vectors, assigning in chunks by ``|x|² − 2 x·c + |c|²`` (a matrix product). Returns
+    ``(centroids (k, d), codes (N,), inertia)``. Deterministic for a given ``seed``.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"expected (N, d) vectors, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if k > n:
+        raise ValueError(f"k = {k} clusters is more than the {n} vectors to cluster")
+    if not torch.isfinite(x).all():
+        raise ValueError("vectors to cluster hold NaN or inf")
+    gen = torch.Generator().manual_seed(seed)
+    x = x.float()
+    pool = x[torch.randperm(n, generator=gen)[: min(n, sample)].to(x.device)]
+    # k-means++ on the sample
+    c = pool[torch.randint(len(pool), (1,), generator=gen).to(x.device)]
+    d2 = ((pool - c) ** 2).sum(1)
+    for _ in range(1, k):
+        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(d2))
+        i = torch.multinomial(p.cpu(), 1, generator=gen).to(x.device)
+        c = torch.cat([c, pool[i]])
+        d2 = torch.minimum(d2, ((pool - pool[i]) ** 2).sum(1))
+
+    def assign_all(c: torch.Tensor) -> tuple[torch.Tensor, float]:
+        codes = torch.empty(n, dtype=torch.long, device=x.device)
+        total = 0.0
+        cn = (c * c).sum(1)
+        for s in range(0, n, chunk):
+            xs = x[s : s + chunk]
+            dist = (xs * xs).sum(1, keepdim=True) - 2 * xs @ c.T + cn
+            best, idx = dist.min(1)
+            codes[s : s + chunk] = idx
+            total += float(best.clamp_min(0).sum())
+        return codes, total
+
+    codes, total = assign_all(c)
+    for _ in range(max_iter):
+        sums = torch.zeros_like(c).index_add_(0, codes, x)
+        counts = torch.bincount(codes, minlength=k).to(x.dtype).unsqueeze(1)
+        c = torch.where(counts > 0, sums / counts.clamp_min(1), c)
+        new_codes, total = assign_all(c)
+        if torch.equal(new_codes, codes):
+            break
+        codes = new_codes
+    return c, codes, total

@@ -1,7 +1,17 @@
 """Weight clustering (k-means weight sharing); see README.md here."""
 
-from . import finetune, kmeans, presets
+from . import finetune, kmeans, pq, presets
 from .finetune import CentroidFineTuneConfig
 from .kmeans import KMeansConfig, cluster_weight
+from .pq import ProductQuantConfig
 
-__all__ = ["CentroidFineTuneConfig", "KMeansConfig", "cluster_weight", "finetune", "kmeans", "presets"]
+__all__ = [
+    "CentroidFineTuneConfig",
+    "KMeansConfig",
+    "ProductQuantConfig",
+    "cluster_weight",
+    "finetune",
+    "kmeans",
+    "pq",
+    "presets",
+]

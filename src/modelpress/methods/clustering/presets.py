@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..base import MethodConfig, register_preset
 from .finetune import CentroidFineTuneConfig
 from .kmeans import KMeansConfig
+from .pq import ProductQuantConfig
 
 FAMILY = "clustering"
 
@@ -39,3 +40,10 @@ def _c3ft() -> list[MethodConfig]:
 )
 def _c4int8() -> list[MethodConfig]:
     return [KMeansConfig(bits=4, granularity="channel", codebook_dtype="int8")]
+
+
+@register_preset(
+    "cluster-pq", "vector quantization: 256 shared 4-weight sub-vectors per layer (2 bits/weight)", FAMILY
+)
+def _pq() -> list[MethodConfig]:
+    return [ProductQuantConfig(bits=8, dim=4)]

@@ -1,0 +1,72 @@
+"""Product-quantization (vector) format: ``codes, codebook``.
+
+Each row of a weight ``(rows, cols)`` is cut into sub-vectors of ``dim`` consecutive
+weights; each sub-vector is replaced by the index of its nearest of ``2**bits`` centroids
+of one codebook per layer, ``codebook (k, dim)``. Bits per weight = ``bits / dim``
+(+ the codebook). Jégou, Douze, Schmid, "Product quantization for nearest neighbor
+search" (TPAMI 2011); for weights, Gong et al., "Compressing Deep Convolutional Networks
+using Vector Quantization" (arXiv 1412.6115).
+
+``codes`` are stored as a bit stream of exactly ``bits`` bits per sub-vector; in memory one
+byte each (``bits`` <= 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..primitives.bitpack import pack_bits, unpack_bits
+from .base import CompressedTensor, register_format
+
+__all__ = ["ProductQuantized"]
+
+
+@register_format
+class ProductQuantized(CompressedTensor):
+    format_name = "pq"
+    format_version = 1
+    fields = ("codes", "codebook")
+
+    def __init__(
+        self, shape: Sequence[int], *, codes: torch.Tensor, codebook: torch.Tensor, bits: int, dim: int
+    ):
+        super().__init__(shape, codes=codes, codebook=codebook)
+        self.bits, self.dim = int(bits), int(dim)
+        self.rows = int(self.shape[0])
+        self.cols = int(self.shape.numel() // max(1, self.rows))
+        if self.cols % self.dim:
+            raise ValueError(f"pq: sub-vector size {self.dim} does not divide the row length {self.cols}")
+        self.n_codes = self.rows * self.cols // self.dim
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        cb = self.codebook.float()
+        return cb[self.codes.to(torch.int32)].reshape(self.shape).to(dtype)
+
+    def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        codes = self.codes.reshape(self.rows, self.cols // self.dim)[rows].to(torch.int32)
+        return self.codebook.float()[codes].reshape(rows.shape[0], self.cols).to(dtype)
+
+    def meta(self) -> dict[str, Any]:
+        return {"bits": self.bits, "dim": self.dim}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = (id(self.codes), self.codes._version)
+        cached = getattr(self, "_stored", None)
+        if cached is None or cached[0] != key:
+            cached = (key, pack_bits(self.codes, self.bits))
+            self._stored = cached
+        destination[prefix + "codes"] = cached[1]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        key = prefix + "codes"
+        if key in state_dict:
+            stored = state_dict[key]
+            rt = unpack_bits(stored.cpu(), self.bits, self.n_codes).to(stored.device)
+            self._buffers["codes"] = rt
+            state_dict = dict(state_dict)
+            state_dict[key] = rt
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)

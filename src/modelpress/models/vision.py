@@ -1,0 +1,189 @@
+"""Image classification on MNIST-5k with the LeNets of Deep Compression.
+
+- ``LeNet300100``: fully connected 784-300-100-10 (266,610 parameters; 1,070 KB in fp32).
+- ``LeNet5``: Caffe's LeNet-5 — conv 20@5x5, max-pool, conv 50@5x5, max-pool, fc 800-500,
+  fc 500-10 (431,080 parameters; 1,720 KB in fp32).
+
+Both are registered architectures, so their artifacts load without pickle. The original is
+trained on the train split (Adam, early stopping on validation accuracy) and cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..data.images import ImageSplits
+from ..training.loop import TrainConfig, fit
+from .architectures import register_architecture
+from .cache import cache_key, cached_dir
+from .tasks import TASKS, Evaluation, TaskAdapter, model_device
+
+__all__ = ["ImageClassificationTask", "LeNet5", "LeNet300100"]
+
+_TRAIN_CODE_VERSION = 1
+
+
+@register_architecture("lenet-300-100")
+class LeNet300100(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc1 = nn.Linear(784, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def arch_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+@register_architecture("lenet-5")
+class LeNet5(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(1, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(800, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def arch_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv1(x), 2)  # (n, 20, 12, 12)
+        x = F.max_pool2d(self.conv2(x), 2)  # (n, 50, 4, 4)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+ARCHS = {"lenet-300-100": LeNet300100, "lenet-5": LeNet5}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTraining:
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(
+            epochs=30, lr=1e-3, weight_decay=1e-4, patience=5, warmup_ratio=0.0
+        )
+    )
+    batch_size: int = 64
+
+
+@TASKS.register("image-classification")
+class ImageClassificationTask(TaskAdapter):
+    task = "image-classification"
+    metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, arch: str, splits: ImageSplits, *, training: ImageTraining | None = None) -> None:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown image architecture '{arch}' (known: {', '.join(ARCHS)})")
+        self.arch = arch
+        self.splits = splits
+        self.training = training or ImageTraining()
+        self.model_name = {"lenet-300-100": "LeNet-300-100", "lenet-5": "LeNet-5"}[arch]
+        self.seq_len = 784  # pixels per example, for the report header
+
+    def cache_parts(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "data": self.splits.fingerprint(),
+            "training": dataclasses.asdict(self.training),
+            "code": _TRAIN_CODE_VERSION,
+        }
+
+    def load_original(self, *, progress: bool = True) -> nn.Module:
+        path = cached_dir(
+            "image-classifiers", cache_key(self.cache_parts()), lambda d: self._train(d, progress)
+        )
+        model = ARCHS[self.arch]()
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return model.eval()
+
+    def _train(self, out: Path, progress: bool) -> None:
+        torch.manual_seed(self.training.train.seed)
+        model = ARCHS[self.arch]()
+        fit(
+            model,
+            self.loss,
+            lambda epoch: self.batches("train", self.training.batch_size, shuffle_seed=epoch),
+            self.training.train,
+            evaluate=lambda m: self.score(m, "validation"),
+            progress=progress,
+            desc=f"training the original {self.model_name} (one-time, cached)",
+        )
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return getattr(self.splits, split)
+        except AttributeError:
+            raise ValueError(f"unknown split '{split}'") from None
+
+    def batches(
+        self, split: str, batch_size: int, *, shuffle_seed: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        x, y = self._split(split)
+        order = torch.arange(len(y))
+        if shuffle_seed is not None:
+            order = torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))
+        for i in range(0, len(y), batch_size):
+            idx = order[i : i + batch_size]
+            yield {"x": x[idx], "labels": y[idx], "index": idx}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        dev = model_device(model)
+        return F.cross_entropy(model(batch["x"].to(dev)).float(), batch["labels"].to(dev))
+
+    @torch.no_grad()
+    def predict(
+        self, model: nn.Module, split: str = "test", device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        x, _ = self._split(split)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        return torch.cat(
+            [model(x[i : i + 500].to(device, dtype)).argmax(-1).cpu() for i in range(0, len(x), 500)]
+        )
+
+    def score(self, model: nn.Module, split: str = "validation") -> float:
+        _, y = self._split(split)
+        return (self.predict(model, split, model_device(model)) == y).float().mean().item()
+
+    def example_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
+        x, _ = self.splits.test
+        return {"x": x[torch.arange(batch_size) % len(x)]}
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        *,
+        reference: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+    ) -> Evaluation:
+        t0 = time.perf_counter()
+        preds = self.predict(model, "test", device)
+        acc = (preds == self.splits.test[1]).float().mean().item()
+        agree = None if reference is None else (preds == reference).float().mean().item()
+        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.splits
+        return {
+            **super().describe(),
+            "seq_len": "1 image of 28x28",
+            "data": f"{s.name} (train {len(s.train[1])}, validation {len(s.validation[1])}, "
+            f"test {len(s.test[1])}, seed {s.seed})",
+        }
