@@ -7,7 +7,8 @@ of ``group_size`` columns) and ``zero_point`` likewise (int16) when asymmetric.
 8-bit ``qdata`` is an int8 (symmetric) or uint8 (asymmetric) tensor of the weight's 2-D
 shape, used directly by INT8 kernels. Below 8 bits the codes ``q - qmin`` are stored as a
 bit stream of exactly ``bits`` bits each (two 4-bit values per byte, tight 3-bit and 2-bit
-packing); in memory they are nibble-packed (bits <= 4) or one byte each, rebuilt after load.
+packing); in memory they sit in 1-, 2-, 4- or 8-bit containers (``primitives.bitpack``):
+no conversion at load for 2 and 4 bits.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any
 
 import torch
 
-from ..primitives.bitpack import pack_bits, unpack_bits
+from ..primitives.bitpack import (
+    container_bits,
+    container_rows,
+    from_container,
+    pack_bits,
+    to_container,
+    unpack_bits,
+)
 from ..primitives.quant import choose_qparams, dequantize, qrange, quantize
 from .base import CompressedTensor, register_format
-
-
-def _to_runtime(u: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unsigned codes (flat uint8) -> in-memory packing."""
-    return pack_bits(u, 4) if bits <= 4 else u.to(torch.uint8)
 
 
 @register_format
@@ -64,7 +67,7 @@ class AffineQuantized(CompressedTensor):
     ) -> AffineQuantized:
         if bits < 8:
             qmin, _ = qrange(bits, zero_point is None)
-            q = _to_runtime((q.to(torch.int32) - qmin).reshape(-1), bits)
+            q = to_container((q.to(torch.int32) - qmin).reshape(-1), bits)
         return cls(shape, qdata=q, scale=scale, zero_point=zero_point, bits=bits, group_size=group_size)
 
     @classmethod
@@ -83,11 +86,7 @@ class AffineQuantized(CompressedTensor):
         """The integers ``q`` as int32, shape ``(rows, cols)``."""
         if self.bits == 8:
             return self.qdata.to(torch.int32)
-        n = self.shape.numel()
-        if self.bits <= 4:
-            u = torch.stack([self.qdata & 0x0F, self.qdata >> 4], dim=1).reshape(-1)[:n]
-        else:
-            u = self.qdata[:n]
+        u = from_container(self.qdata, self.bits, self.shape.numel())
         qmin, _ = qrange(self.bits, self.symmetric)
         return (u.to(torch.int32) + qmin).reshape(self.shape)
 
@@ -101,12 +100,12 @@ class AffineQuantized(CompressedTensor):
         cols = int(self.shape[1])
         if self.bits == 8:
             q = self.qdata[rows].to(torch.int32)
-        elif self.bits <= 4 and cols % 2 == 0:
-            packed = self.qdata.reshape(int(self.shape[0]), cols // 2)[rows]
-            u = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(rows.shape[0], cols)
-            q = u.to(torch.int32) + qrange(self.bits, self.symmetric)[0]
         else:
-            q = self.int_values()[rows]
+            u = container_rows(self.qdata, self.bits, int(self.shape[0]), cols, rows)
+            if u is None:
+                q = self.int_values()[rows]
+            else:
+                q = u.to(torch.int32) + qrange(self.bits, self.symmetric)[0]
         zp = None if self.zero_point is None else self.zero_point[rows]
         return dequantize(q, self.scale[rows], zp, group_size=self.group_size, dtype=dtype)
 
@@ -129,8 +128,11 @@ class AffineQuantized(CompressedTensor):
         key = prefix + "qdata"
         if self.bits < 8 and key in state_dict:
             stored = state_dict[key]
-            u = unpack_bits(stored.cpu(), self.bits, self.shape.numel())
-            rt = _to_runtime(u, self.bits).to(stored.device)
+            if container_bits(self.bits) == self.bits:
+                rt = stored  # the stored stream is the in-memory layout already
+            else:
+                u = unpack_bits(stored.cpu(), self.bits, self.shape.numel())
+                rt = to_container(u, self.bits).to(stored.device)
             self._buffers["qdata"] = rt
             state_dict = dict(state_dict)
             state_dict[key] = rt

@@ -19,8 +19,9 @@ and have no code; ``codes`` then holds one code per kept weight, in row-major or
 Storage vs memory: on disk ``codes`` is a bit stream of exactly ``bits`` bits per code
 (``coding="packed"``) or that stream's code bytes entropy-coded with zstd
 (``coding="zstd"``, Huffman + FSE stages); the mask is a 1-bit-per-weight stream. In memory
-(rebuilt after load, ``_load_from_state_dict``) codes are nibble-packed for bits <= 4 and
-one byte each above, and the mask is a bool tensor.
+codes sit in 1-, 2-, 4- or 8-bit containers (``primitives.bitpack``; for 1, 2, 4 and 8
+bits that is the stored stream itself, 3-bit codes take nibbles, 5- to 7-bit codes bytes),
+rebuilt after load by ``_load_from_state_dict``; the mask is a bool tensor.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from typing import Any
 
 import torch
 
-from ..primitives.bitpack import pack_bits, packed_nbytes, unpack_bits
+from ..primitives.bitpack import (
+    container_bits,
+    container_rows,
+    from_container,
+    pack_bits,
+    packed_nbytes,
+    to_container,
+    unpack_bits,
+)
 from .base import CompressedTensor, register_format
 
 __all__ = ["GRANULARITIES", "Codebook"]
@@ -38,19 +47,6 @@ __all__ = ["GRANULARITIES", "Codebook"]
 GRANULARITIES = ("tensor", "channel", "group", "group-scaled")
 CODEBOOK_DTYPES = ("float32", "float16", "int8")
 CODINGS = ("packed", "zstd")
-
-
-def _runtime_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes -> the in-memory layout (two per byte when bits <= 4)."""
-    return pack_bits(codes, 4) if bits <= 4 else codes.to(torch.uint8)
-
-
-def _runtime_unpack(rt: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    if bits > 4:
-        return rt[:n]
-    lo = rt & 0x0F
-    hi = rt >> 4
-    return torch.stack([lo, hi], dim=1).reshape(-1)[:n]
 
 
 @register_format
@@ -90,7 +86,7 @@ class Codebook(CompressedTensor):
         self.cols = int(self.shape.numel() // max(1, self.rows))
         self.n_codes = int(n_codes) if n_codes is not None else self.shape.numel()
         if runtime:
-            self.codes = _runtime_pack(codes.reshape(-1), self.bits)
+            self.codes = to_container(codes.reshape(-1), self.bits)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -146,7 +142,7 @@ class Codebook(CompressedTensor):
 
     def code_values(self) -> torch.Tensor:
         """uint8 codes, one per coded weight, in row-major order."""
-        return _runtime_unpack(self.codes, self.bits, self.n_codes)
+        return from_container(self.codes, self.bits, self.n_codes)
 
     def _book_index(self, n_per_row: torch.Tensor | None) -> torch.Tensor | None:
         """Index of the codebook used by each coded weight (``None``: the single codebook)."""
@@ -183,10 +179,8 @@ class Codebook(CompressedTensor):
         if self.mask is not None or self.granularity == "group-scaled":
             return self.decode(dtype)[rows]
         cols, k = self.cols, self.codebook.shape[1]
-        if self.bits <= 4 and cols % 2 == 0:
-            rt = self.codes.reshape(self.rows, cols // 2)[rows]  # (m, cols/2) nibble pairs
-            codes = torch.stack([rt & 0x0F, rt >> 4], dim=-1).reshape(rows.shape[0], cols)
-        else:
+        codes = container_rows(self.codes, self.bits, self.rows, cols, rows)
+        if codes is None:
             codes = self.code_values().reshape(self.rows, cols)[rows]
         codes = codes.to(torch.int32)
         cb = self.float_codebook()
@@ -251,7 +245,9 @@ class Codebook(CompressedTensor):
         key, mkey = prefix + "codes", prefix + "mask"
         if key in state_dict:
             stored = state_dict[key]
-            if self.coding == "packed":
+            if self.coding == "packed" and container_bits(self.bits) == self.bits:
+                codes = None  # the stored stream is the in-memory layout already
+            elif self.coding == "packed":
                 codes = unpack_bits(stored.cpu(), self.bits, self.n_codes)
             else:
                 import zstandard
@@ -263,7 +259,7 @@ class Codebook(CompressedTensor):
             state_dict = dict(state_dict)
             # the in-memory layout differs in shape from the stored one: install it first,
             # then let the default loader assign / copy the same tensor
-            rt = _runtime_pack(codes, self.bits).to(stored.device)
+            rt = stored if codes is None else to_container(codes, self.bits).to(stored.device)
             self._buffers["codes"] = rt
             state_dict[key] = rt
             if mkey in state_dict and self.mask is not None:

@@ -75,7 +75,7 @@ ARCHS = {"lenet-300-100": LeNet300100, "lenet-5": LeNet5}
 class ImageTraining:
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(
-            epochs=30, lr=1e-3, weight_decay=1e-4, patience=5, warmup_ratio=0.0
+            epochs=40, lr=3e-3, weight_decay=1e-4, patience=None, warmup_ratio=0.0, grad_clip=None
         )
     )
     batch_size: int = 64

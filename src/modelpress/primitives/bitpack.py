@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pack_bits", "packed_nbytes", "unpack_bits"]
+__all__ = [
+    "container_bits",
+    "container_rows",
+    "from_container",
+    "pack_bits",
+    "packed_nbytes",
+    "to_container",
+    "unpack_bits",
+]
 
 
 def packed_nbytes(n: int, bits: int) -> int:
@@ -31,19 +39,26 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = flat.numel()
     if bits == 8:
         return flat.to(torch.uint8).clone()
-    c = flat.to(torch.int32)
+    c = flat.to(torch.uint8)
     if 8 % bits == 0:  # whole codes per byte: shift and add, no bit expansion
         per = 8 // bits
-        pad = (-n) % per
-        c = torch.cat([c, c.new_zeros(pad)]).reshape(-1, per)
-        shifts = torch.arange(0, 8, bits, device=c.device, dtype=torch.int32)
-        return (c << shifts).sum(1).to(torch.uint8)
-    # general widths (3, 5, 6, 7): expand to bits, regroup by 8
-    b = (c.unsqueeze(1) >> torch.arange(bits, device=c.device, dtype=torch.int32)) & 1  # (n, bits)
-    b = b.reshape(-1)
-    b = torch.cat([b, b.new_zeros((-b.numel()) % 8)]).reshape(-1, 8)
-    weights = 1 << torch.arange(8, device=c.device, dtype=torch.int32)
-    return (b * weights).sum(1).to(torch.uint8)
+        c = torch.cat([c, c.new_zeros((-n) % per)]).reshape(-1, per)
+        out = c[:, 0].clone()
+        for i in range(1, per):
+            out |= c[:, i] << (i * bits)
+        return out
+    # general widths (3, 5, 6, 7): expand to bits, regroup by 8. Chunks of 8 codes make a
+    # whole number of bytes, so the stream is built chunk by chunk in bounded memory.
+    out = []
+    shifts = torch.arange(bits, device=c.device, dtype=torch.uint8)
+    weights = (1 << torch.arange(8, device=c.device, dtype=torch.int32)).to(torch.uint8)
+    step = 8 * 131072
+    for s in range(0, n, step):
+        part = flat[s : s + step].to(torch.uint8)
+        b = ((part.unsqueeze(1) >> shifts) & 1).reshape(-1)  # (len * bits,) uint8 bits
+        b = torch.cat([b, b.new_zeros((-b.numel()) % 8)]).reshape(-1, 8)
+        out.append((b * weights).sum(1, dtype=torch.int32).to(torch.uint8))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8, device=flat.device)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -55,12 +70,52 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         raise ValueError(f"{packed.numel()} bytes cannot hold {n} codes of {bits} bits")
     if bits == 8:
         return packed[:n].clone()
-    p = packed.to(torch.int32)
     if 8 % bits == 0:
-        shifts = torch.arange(0, 8, bits, device=p.device, dtype=torch.int32)
-        out = (p.unsqueeze(1) >> shifts) & (2**bits - 1)
-        return out.reshape(-1)[:n].to(torch.uint8)
-    b = (p.unsqueeze(1) >> torch.arange(8, device=p.device, dtype=torch.int32)) & 1
-    b = b.reshape(-1)[: n * bits].reshape(n, bits)
-    weights = 1 << torch.arange(bits, device=p.device, dtype=torch.int32)
-    return (b * weights).sum(1).to(torch.uint8)
+        shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
+        return ((packed.unsqueeze(1) >> shifts) & (2**bits - 1)).reshape(-1)[:n]
+    # general widths: 8 codes span exactly `bits` bytes, so decode in chunks of whole bytes
+    out = []
+    bit_shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    weights = (1 << torch.arange(bits, device=packed.device, dtype=torch.int32)).to(torch.uint8)
+    step = bits * 131072  # bytes per chunk = 8 * 131072 codes
+    nbytes = packed_nbytes(n, bits)
+    for s in range(0, nbytes, step):
+        part = packed[s : min(s + step, nbytes)]
+        b = ((part.unsqueeze(1) >> bit_shifts) & 1).reshape(-1)
+        m = min(n - (s * 8) // bits, b.numel() // bits)
+        b = b[: m * bits].reshape(m, bits)
+        out.append((b * weights).sum(1, dtype=torch.int32).to(torch.uint8))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8, device=packed.device)
+
+
+# -- in-memory containers -----------------------------------------------------------------
+# Codes live in memory in the narrowest width among 1, 2, 4, 8 bits that holds them, so a
+# row of codes starts on a byte boundary (when the row length allows) and decodes with
+# shifts alone. For 1, 2, 4 and 8 bits this is exactly the on-disk stream (no conversion at
+# load); 3-bit codes sit in nibbles, 5- to 7-bit codes in bytes.
+
+
+def container_bits(bits: int) -> int:
+    _check_bits(bits)
+    return next(c for c in (1, 2, 4, 8) if c >= bits)
+
+
+def to_container(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    return pack_bits(codes, container_bits(bits))
+
+
+def from_container(rt: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    return unpack_bits(rt, container_bits(bits), n)
+
+
+def container_rows(
+    rt: torch.Tensor, bits: int, n_rows: int, cols: int, rows: torch.Tensor
+) -> torch.Tensor | None:
+    """uint8 codes ``(len(rows), cols)`` of selected rows, or None if rows don't start on bytes."""
+    cb = container_bits(bits)
+    per = 8 // cb
+    if cols % per:
+        return None
+    packed = rt[: n_rows * cols // per].reshape(n_rows, cols // per)[rows]
+    shifts = torch.arange(0, 8, cb, device=rt.device, dtype=torch.uint8)
+    return ((packed.unsqueeze(-1) >> shifts) & (2**cb - 1)).reshape(rows.shape[0], cols)
