@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.modelpress-installed
 
-.PHONY: setup demo test test-fast lint
+.PHONY: setup demo test test-fast lint bench-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# Peers for benchmarks/kmeans_1d.py (scikit-learn, flash1dkmeans + numba)
+bench-deps: $(STAMP)
+	$(PIP) install -q -e ".[dev,bench]"

@@ -33,6 +33,7 @@ from torch import nn
 from . import methods as _methods  # noqa: F401 - registers the built-in methods
 from .errors import ArtifactError, ConfigError, ModelpressError
 from .methods.base import HANDLERS, PRESETS, CompressContext, MethodConfig
+from .models import lenet as _lenet  # noqa: F401 - registers the built-in architectures
 from .models.architectures import build_base, describe_base
 from .nn.base import MODULES, CompressedModule
 from .recipe import Recipe

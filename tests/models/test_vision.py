@@ -36,3 +36,15 @@ def test_image_task_trains_clusters_and_roundtrips(tmp_path, arch):
     with torch.no_grad():
         assert torch.equal(loaded(x), clustered(x))
     assert mp.artifact_bytes(path) < mp.artifact_bytes(mp.save(model, tmp_path / "fp32")) / 5
+
+
+def test_fresh_process_loads_registered_architecture(tmp_path):
+    """The memory worker imports only modelpress.api: registered models must load there."""
+    from safetensors.torch import save_file
+
+    from modelpress.bench.measure import measure_memory
+
+    path = mp.save(LeNet5(), tmp_path / "lenet5")
+    save_file({"x": torch.zeros(1, 1, 28, 28)}, str(tmp_path / "in.safetensors"))
+    mem = measure_memory(path, tmp_path / "in.safetensors")
+    assert mem["peak_rss_mb"] > 0

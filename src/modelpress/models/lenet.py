@@ -1,0 +1,54 @@
+"""The LeNets of Deep Compression, registered so their artifacts load without pickle.
+
+- ``LeNet300100``: fully connected 784-300-100-10 (266,610 parameters; 1,070 KB in fp32).
+- ``LeNet5``: Caffe's LeNet-5 — conv 20@5x5, max-pool, conv 50@5x5, max-pool, fc 800-500,
+  fc 500-10 (431,080 parameters; 1,720 KB in fp32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import register_architecture
+
+__all__ = ["LeNet5", "LeNet300100"]
+
+
+@register_architecture("lenet-300-100")
+class LeNet300100(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc1 = nn.Linear(784, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def arch_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+@register_architecture("lenet-5")
+class LeNet5(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(1, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(800, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def arch_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv1(x), 2)  # (n, 20, 12, 12)
+        x = F.max_pool2d(self.conv2(x), 2)  # (n, 50, 4, 4)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
