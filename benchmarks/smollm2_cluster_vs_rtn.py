@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=Path("results/smollm2-cluster-vs-rtn"))
     ap.add_argument("--eval-tokens", type=int, default=8192)
     args = ap.parse_args()
+
     def cluster(bits: int) -> Recipe:
         return Recipe([KMeansConfig(bits=bits, granularity="channel", codebook_dtype="float16")])
 

@@ -114,3 +114,11 @@ def tiny_llama_dir(tmp_path, tiny_llama, minilm_dir) -> Path:
 def copy_artifact(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> torch.device:
+    """Runs a test on the CPU, and again on CUDA when a GPU is present."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(request.param)

@@ -12,17 +12,18 @@ def _cluster(w: torch.Tensor, bits: int = 4) -> Codebook:
     return Codebook.from_codes(w.shape, r.codes, r.centroids, bits=bits, granularity="channel")
 
 
-def test_compressed_ops_equal_ops_on_decoded_weights():
+def test_compressed_ops_equal_ops_on_decoded_weights(device):
     torch.manual_seed(0)
     lin, emb, conv = nn.Linear(32, 12), nn.Embedding(50, 16), nn.Conv2d(3, 8, 3, padding=1, stride=2)
-    dl = DecodedLinear.wrap(lin, _cluster(lin.weight))
-    de = DecodedEmbedding.wrap(emb, _cluster(emb.weight))
-    dc = DecodedConv.wrap(conv, _cluster(conv.weight, 4))
-    x = torch.randn(4, 32)
+    dl = DecodedLinear.wrap(lin, _cluster(lin.weight)).to(device)
+    de = DecodedEmbedding.wrap(emb, _cluster(emb.weight)).to(device)
+    dc = DecodedConv.wrap(conv, _cluster(conv.weight, 4)).to(device)
+    lin, conv = lin.to(device), conv.to(device)
+    x = torch.randn(4, 32, device=device)
     assert torch.equal(dl(x), F.linear(x, dl.weight.decode(), lin.bias))
-    ids = torch.tensor([[3, 3, 49], [0, 7, 3]])
+    ids = torch.tensor([[3, 3, 49], [0, 7, 3]], device=device)
     assert torch.equal(de(ids), F.embedding(ids, de.weight.decode()))
-    img = torch.randn(2, 3, 9, 9)
+    img = torch.randn(2, 3, 9, 9, device=device)
     assert torch.equal(dc(img), F.conv2d(img, dc.weight.decode(), conv.bias, 2, 1))
 
 

@@ -6,14 +6,14 @@ from modelpress.nn import Int8DynamicLinear, Int8Embedding
 from modelpress.primitives.quant import quantize_per_token_int8
 
 
-def test_int8_linear_equals_op_on_decoded_weights():
+def test_int8_linear_equals_op_on_decoded_weights(device):
     """Oracle: the int8 GEMM equals the float matmul of the dequantized operands."""
     torch.manual_seed(0)
-    lin = nn.Linear(48, 24)
+    lin = nn.Linear(48, 24).to(device)
     q = Int8DynamicLinear.from_float(lin)
-    x = torch.randn(3, 5, 48)
+    x = torch.randn(3, 8, 48, device=device)  # 24 rows: CUDA's int8 GEMM needs more than 16
     xq, xs = quantize_per_token_int8(x.reshape(-1, 48))
-    expected = F.linear(xq.float() * xs, q.weight.decode(), lin.bias).reshape(3, 5, 24)
+    expected = F.linear(xq.float() * xs, q.weight.decode(), lin.bias).reshape(3, 8, 24)
     torch.testing.assert_close(q(x), expected, rtol=1e-5, atol=1e-5)
     # and stays close to the float layer
     rel = (q(x) - lin(x)).norm() / lin(x).norm()
