@@ -1,11 +1,12 @@
 """SmolLM2-135M: per-channel k-means clustering vs round-to-nearest (RTN) at matched
 bits per weight, in one `run_bench` (same text slice, same measurements).
 
-Rows: fp32; 4-bit clustering, one fp16 codebook of 16 values per output channel (4.44
-bits/weight on SmolLM2's 576-wide rows); 4-bit RTN, asymmetric, groups of 96 (a float32
-scale + int16 zero point per 96 weights: 4.5 bits/weight, slightly *more* than
-clustering); and the same pair at 3 bits (RTN groups of 192). Every Linear layer and the
-(tied) embedding / LM head are compressed.
+Rows: fp32; 4-bit clustering, one fp16 codebook of 16 values per output channel (k-means++
+init; 4.6 bits/weight on SmolLM2, whose rows are 576 or 1536 wide), also weighted by
+squared gradients on 4 training batches (SqueezeLLM's sensitivity); 4-bit RTN, asymmetric,
+groups of 96 (a float32 scale + int16 zero point per 96 weights: 4.5 bits/weight); and
+the same pair at 3 bits (RTN groups of 192). Every Linear layer and the (tied) embedding /
+LM head are compressed.
 
 SmolLM2's weights were Q4_1 (4-bit, blocks of 32) in the GGUF already, so RTN with
 groups of 32 would reproduce that grid; groups of 96 do not, and neither do 16 values per
@@ -33,12 +34,14 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192)
     args = ap.parse_args()
 
-    def cluster(bits: int) -> Recipe:
-        return Recipe([KMeansConfig(bits=bits, granularity="channel", codebook_dtype="float16")])
+    def cluster(bits: int, **kw: object) -> Recipe:
+        cfg = KMeansConfig(bits=bits, granularity="channel", codebook_dtype="float16", init="kmeans++", **kw)
+        return Recipe([cfg])
 
     methods = [
         ("fp32", Recipe()),
         ("cluster-4bit-channel", cluster(4)),
+        ("cluster-4bit-channel-fisher", cluster(4, importance="fisher", importance_batches=4)),
         ("rtn-4bit-g96", Recipe([WeightOnlyConfig(bits=4, group_size=96)])),
         ("cluster-3bit-channel", cluster(3)),
         ("rtn-3bit-g192", Recipe([WeightOnlyConfig(bits=3, group_size=192)])),
