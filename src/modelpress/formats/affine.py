@@ -91,6 +91,10 @@ class AffineQuantized(CompressedTensor):
         return (u.to(torch.int32) + qmin).reshape(self.shape)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.shape.numel() > (1 << 20):
+            from .codebook import decode_in_row_chunks
+
+            return decode_in_row_chunks(self, dtype)  # bounded temporaries for large weights
         return dequantize(
             self.int_values(), self.scale, self.zero_point, group_size=self.group_size, dtype=dtype
         )

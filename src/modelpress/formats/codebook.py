@@ -42,11 +42,26 @@ from ..primitives.bitpack import (
 )
 from .base import CompressedTensor, register_format
 
-__all__ = ["GRANULARITIES", "Codebook"]
+__all__ = ["GRANULARITIES", "Codebook", "decode_in_row_chunks"]
 
 GRANULARITIES = ("tensor", "channel", "group", "group-scaled")
 CODEBOOK_DTYPES = ("float32", "float16", "int8")
 CODINGS = ("packed", "zstd")
+
+
+def decode_in_row_chunks(
+    fmt: CompressedTensor, dtype: torch.dtype, chunk_elems: int = 1 << 20
+) -> torch.Tensor:
+    """``fmt.decode()`` through ``fmt.decode_rows`` on chunks of rows, so that decoding a
+    large weight (an LM head) needs no full-size index or integer temporaries."""
+    rows = int(fmt.shape[0])
+    cols = int(fmt.shape.numel() // max(1, rows))
+    out = torch.empty(rows, cols, dtype=dtype, device=fmt.device)
+    step = max(1, chunk_elems // max(1, cols))
+    for r in range(0, rows, step):
+        idx = torch.arange(r, min(rows, r + step), device=fmt.device)
+        out[r : r + step] = fmt.decode_rows(idx, dtype)
+    return out.reshape(fmt.shape)
 
 
 @register_format
@@ -158,6 +173,9 @@ class Codebook(CompressedTensor):
         return pos // int(self.group_size or 1)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.mask is None and self.granularity != "group-scaled" and not self.codebook.requires_grad:
+            # row chunks: the only large allocation is the output itself
+            return decode_in_row_chunks(self, dtype)
         codes = self.code_values().to(torch.int32)
         cb = self.float_codebook()
         k = cb.shape[1]

@@ -42,6 +42,7 @@ __all__ = [
     "register",
     "register_config",
     "register_preset",
+    "replace_module",
     "select_modules",
 ]
 
@@ -138,6 +139,13 @@ def select_modules(
         for n, m in model.named_modules()
         if isinstance(m, types) and n and matches(n, include, exclude)
     ]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` (dotted path) is."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
 
 
 @dataclasses.dataclass(frozen=True)

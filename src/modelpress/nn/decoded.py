@@ -19,7 +19,7 @@ from torch import nn
 from ..formats.base import CompressedTensor
 from .base import CompressedModule, register_module
 
-__all__ = ["DecodedConv", "DecodedEmbedding", "DecodedLinear"]
+__all__ = ["DecodedConv", "DecodedEmbedding", "DecodedLinear", "wrap_decoded"]
 
 
 @register_module
@@ -129,3 +129,14 @@ class DecodedConv(CompressedModule):
         return self._fn(
             x, self.weight.decode(x.dtype), bias, tuple(c["stride"]), pad, tuple(c["dilation"]), c["groups"]
         )
+
+
+def wrap_decoded(module: nn.Module, weight: CompressedTensor) -> CompressedModule:
+    """The decoded counterpart of a Linear, Embedding or Conv module holding ``weight``."""
+    if isinstance(module, nn.Linear):
+        return DecodedLinear.wrap(module, weight)
+    if isinstance(module, nn.Embedding):
+        return DecodedEmbedding.wrap(module, weight)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return DecodedConv.wrap(module, weight)
+    raise TypeError(f"no decoded module for {type(module).__name__}")

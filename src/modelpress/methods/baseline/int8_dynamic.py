@@ -16,7 +16,15 @@ from torch import nn
 from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
 from ...nn.int8 import Int8DynamicLinear, Int8Embedding
-from ..base import CompressContext, MethodConfig, register, register_config, register_preset, select_modules
+from ..base import (
+    CompressContext,
+    MethodConfig,
+    register,
+    register_config,
+    register_preset,
+    replace_module,
+    select_modules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +49,6 @@ class Int8DynamicConfig(MethodConfig):
                 raise ConfigError(f"int8-dynamic: '{f}' must be a list of name patterns")
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 @register(Int8DynamicConfig)
 def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, ctx: CompressContext) -> nn.Module:
     by_weight: dict[int, AffineQuantized] = {}  # id(original weight) -> its INT8 format (ties)
@@ -55,13 +57,13 @@ def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, ctx: CompressCont
         for name, emb in select_modules(model, (nn.Embedding,), config.include, config.exclude):
             new = Int8Embedding.from_float(emb)
             by_weight[id(emb.weight)] = new.weight
-            _set_submodule(model, name, new)
+            replace_module(model, name, new)
             n_emb += 1
     for name, lin in select_modules(model, (nn.Linear,), config.include, config.exclude):
         shared = by_weight.get(id(lin.weight))
         new = Int8DynamicLinear.from_float(lin, weight=shared)
         by_weight.setdefault(id(lin.weight), new.weight)
-        _set_submodule(model, name, new)
+        replace_module(model, name, new)
         n_lin += 1
         if shared is not None:
             log.info("%s shares its INT8 weight with a tied embedding", name)

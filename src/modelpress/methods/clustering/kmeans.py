@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from ...errors import ConfigError
 from ...formats.codebook import CODEBOOK_DTYPES, GRANULARITIES, Codebook
-from ...nn.decoded import DecodedConv, DecodedEmbedding, DecodedLinear
+from ...nn.decoded import wrap_decoded
 from ...primitives.kmeans import INITS, fit_kmeans, fit_kmeans_exact
-from ..base import CompressContext, MethodConfig, register, register_config, select_modules
+from ..base import CompressContext, MethodConfig, register, register_config, replace_module, select_modules
 
 __all__ = ["KMeansConfig", "cluster_weight"]
 
@@ -186,12 +186,6 @@ def cluster_weight(
     return build(coding)
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def fisher_importance(
     model: nn.Module, params: dict[str, nn.Parameter], data: object, n_batches: int, progress: bool
 ) -> dict[str, torch.Tensor]:
@@ -253,12 +247,6 @@ def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn
         if fmt is None:
             fmt = cluster_weight(mod.weight, config, importance=importance.get(name), name=name)
             shared[id(mod.weight)] = fmt
-        if isinstance(mod, nn.Linear):
-            new: nn.Module = DecodedLinear.wrap(mod, fmt)
-        elif isinstance(mod, nn.Embedding):
-            new = DecodedEmbedding.wrap(mod, fmt)
-        else:
-            new = DecodedConv.wrap(mod, fmt)
-        _set_submodule(model, name, new)
+        replace_module(model, name, wrap_decoded(mod, fmt))
     log.info("kmeans: clustered %d layers to %d bits (%s)", len(targets), config.bits, config.granularity)
     return model

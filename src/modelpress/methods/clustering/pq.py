@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 
 from ...errors import ConfigError
 from ...formats.pq import ProductQuantized
-from ...nn.decoded import DecodedConv, DecodedEmbedding, DecodedLinear
+from ...nn.decoded import wrap_decoded
 from ...primitives.kmeans import fit_kmeans_vectors
-from ..base import CompressContext, MethodConfig, register, register_config, select_modules
+from ..base import CompressContext, MethodConfig, register, register_config, replace_module, select_modules
 from .kmeans import LAYER_TYPES
 
 __all__ = ["ProductQuantConfig"]
@@ -47,11 +47,6 @@ class ProductQuantConfig(MethodConfig):
             raise ConfigError(f"pq: layers must be a list from {', '.join(LAYER_TYPES)}, got {self.layers!r}")
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 @register(ProductQuantConfig)
 def _pq(model: nn.Module, config: ProductQuantConfig, ctx: CompressContext) -> nn.Module:
     types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
@@ -81,11 +76,5 @@ def _pq(model: nn.Module, config: ProductQuantConfig, ctx: CompressContext) -> n
                 w.shape, codes=codes.to(torch.uint8), codebook=c, bits=config.bits, dim=config.dim
             )
             shared[id(mod.weight)] = fmt
-        if isinstance(mod, nn.Linear):
-            new: nn.Module = DecodedLinear.wrap(mod, fmt)
-        elif isinstance(mod, nn.Embedding):
-            new = DecodedEmbedding.wrap(mod, fmt)
-        else:
-            new = DecodedConv.wrap(mod, fmt)
-        _set_submodule(model, name, new)
+        replace_module(model, name, wrap_decoded(mod, fmt))
     return model

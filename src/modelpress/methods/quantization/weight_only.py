@@ -16,8 +16,16 @@ from tqdm.auto import tqdm
 
 from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
-from ...nn.decoded import DecodedEmbedding, DecodedLinear
-from ..base import CompressContext, MethodConfig, register, register_config, register_preset, select_modules
+from ...nn.decoded import wrap_decoded
+from ..base import (
+    CompressContext,
+    MethodConfig,
+    register,
+    register_config,
+    register_preset,
+    replace_module,
+    select_modules,
+)
 
 __all__ = ["WeightOnlyConfig"]
 
@@ -46,11 +54,6 @@ class WeightOnlyConfig(MethodConfig):
             )
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 @register(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContext) -> nn.Module:
     types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
@@ -74,8 +77,7 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContex
                 mod.weight.detach(), config.bits, symmetric=config.symmetric, group_size=g
             )
             shared[id(mod.weight)] = fmt
-        new = DecodedLinear.wrap(mod, fmt) if isinstance(mod, nn.Linear) else DecodedEmbedding.wrap(mod, fmt)
-        _set_submodule(model, name, new)
+        replace_module(model, name, wrap_decoded(mod, fmt))
     return model
 
 
