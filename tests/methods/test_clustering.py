@@ -56,6 +56,11 @@ def test_sparsity_is_preserved_exactly():
     assert f.mask is not None and torch.equal(d == 0, w == 0)
     ignored = cluster_weight(w, KMeansConfig(bits=4, sparsity="ignore"))
     assert ignored.mask is None
+    few = torch.randn(16, 128, generator=torch.Generator().manual_seed(4))
+    few[0, :20] = 0.0  # 1 % zeros: a mask would cost more than it saves
+    assert cluster_weight(few, KMeansConfig(bits=4)).mask is None
+    kept = cluster_weight(few, KMeansConfig(bits=4, sparsity="keep"))
+    assert kept.mask is not None and torch.equal(kept.decode() == 0, few == 0)
 
 
 @pytest.mark.parametrize("preset", CLUSTER_PRESETS)

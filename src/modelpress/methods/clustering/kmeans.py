@@ -48,8 +48,10 @@ class KMeansConfig(MethodConfig):
     codebook_dtype: ``float32`` | ``float16`` | ``int8`` (with a scale per codebook).
     coding: ``packed`` (exactly ``bits`` per code), ``zstd`` (entropy-coded codes) or
     ``auto`` (whichever is smaller, per tensor).
-    sparsity: ``auto`` keeps exact zeros exactly zero (a mask; only kept weights are
-    clustered) when at least 1 % of a weight is zero; ``ignore`` clusters zeros too.
+    sparsity: ``keep`` keeps exact zeros exactly zero (a 1-bit mask; only kept weights are
+    clustered and coded); ``auto`` does so when the mask pays for itself (zero fraction ×
+    bits > 1, e.g. more than 25 % zeros at 4 bits: pruned weights); ``ignore`` clusters
+    zeros like any value.
     """
 
     name = "kmeans"
@@ -96,8 +98,8 @@ class KMeansConfig(MethodConfig):
             )
         if self.coding not in ("packed", "zstd", "auto"):
             raise ConfigError(f"kmeans: coding must be packed, zstd or auto, got '{self.coding}'")
-        if self.sparsity not in ("auto", "ignore"):
-            raise ConfigError(f"kmeans: sparsity must be 'auto' or 'ignore', got '{self.sparsity}'")
+        if self.sparsity not in ("auto", "keep", "ignore"):
+            raise ConfigError(f"kmeans: sparsity must be 'auto', 'keep' or 'ignore', got '{self.sparsity}'")
         unknown = set(self.layers) - set(LAYER_TYPES)
         if unknown or isinstance(self.layers, str):
             raise ConfigError(
@@ -131,7 +133,9 @@ def cluster_weight(
         raise ConfigError(f"kmeans: {name} holds NaN or inf values")
     k = 2**config.bits
     mask = None
-    if config.sparsity == "auto" and (w == 0).float().mean() >= 0.01:
+    zeros = float((w == 0).float().mean())
+    # a 1-bit mask pays for itself when it saves more code bits than it costs
+    if (config.sparsity == "keep" and zeros > 0) or (config.sparsity == "auto" and zeros * config.bits > 1):
         mask = w != 0
     scale = None
     values = w
