@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from modelpress.primitives.bitpack import pack_bits, packed_nbytes, unpack_bits
+from modelpress.primitives.bitpack import (
+    pack_bits,
+    packed_nbytes,
+    stream_to_container,
+    to_container,
+    unpack_bits,
+)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -10,6 +16,16 @@ def test_roundtrip_exact_every_width_and_odd_lengths(bits, n):
     codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits * 1000 + n))
     packed = pack_bits(codes, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == packed_nbytes(n, bits) == -(-n * bits // 8)
+    assert torch.equal(unpack_bits(packed, bits, n), codes.to(torch.uint8))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("n", [0, 5, 131072 * 2 + 13])  # spans several conversion chunks
+def test_stream_to_container_equals_unpack_then_repack(bits, n):
+    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits + n))
+    packed = pack_bits(codes, bits)
+    assert torch.equal(stream_to_container(packed, bits, n), to_container(codes, bits))
+    # the packing also fills across chunk boundaries exactly
     assert torch.equal(unpack_bits(packed, bits, n), codes.to(torch.uint8))
 
 

@@ -23,8 +23,8 @@ from ..primitives.bitpack import (
     container_rows,
     from_container,
     pack_bits,
+    stream_to_container,
     to_container,
-    unpack_bits,
 )
 from ..primitives.quant import choose_qparams, dequantize, qrange, quantize
 from .base import CompressedTensor, register_format
@@ -135,8 +135,7 @@ class AffineQuantized(CompressedTensor):
             if container_bits(self.bits) == self.bits:
                 rt = stored  # the stored stream is the in-memory layout already
             else:
-                u = unpack_bits(stored.cpu(), self.bits, self.shape.numel())
-                rt = to_container(u, self.bits).to(stored.device)
+                rt = stream_to_container(stored.cpu(), self.bits, self.shape.numel()).to(stored.device)
             self._buffers["qdata"] = rt
             state_dict = dict(state_dict)
             state_dict[key] = rt

@@ -37,6 +37,7 @@ from ..primitives.bitpack import (
     from_container,
     pack_bits,
     packed_nbytes,
+    stream_to_container,
     to_container,
     unpack_bits,
 )
@@ -263,10 +264,11 @@ class Codebook(CompressedTensor):
         key, mkey = prefix + "codes", prefix + "mask"
         if key in state_dict:
             stored = state_dict[key]
+            rt = None
             if self.coding == "packed" and container_bits(self.bits) == self.bits:
-                codes = None  # the stored stream is the in-memory layout already
+                rt = stored  # the stored stream is the in-memory layout already
             elif self.coding == "packed":
-                codes = unpack_bits(stored.cpu(), self.bits, self.n_codes)
+                rt = stream_to_container(stored.cpu(), self.bits, self.n_codes).to(stored.device)
             else:
                 import zstandard
 
@@ -277,7 +279,8 @@ class Codebook(CompressedTensor):
             state_dict = dict(state_dict)
             # the in-memory layout differs in shape from the stored one: install it first,
             # then let the default loader assign / copy the same tensor
-            rt = stored if codes is None else to_container(codes, self.bits).to(stored.device)
+            if rt is None:
+                rt = to_container(codes, self.bits).to(stored.device)
             self._buffers["codes"] = rt
             state_dict[key] = rt
             if mkey in state_dict and self.mask is not None:
