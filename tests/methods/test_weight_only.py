@@ -51,17 +51,12 @@ def test_presets_save_load_equal(tmp_path, tiny_llama, preset):
         assert torch.equal(model(input_ids=ids).logits, mp.load(path)(input_ids=ids).logits)
 
 
-def test_group_size_must_divide(tiny_bert, caplog):
+def test_group_size_falls_back_to_a_divisor(tiny_bert, caplog):
     m = mp.compress(tiny_bert, WeightOnlyConfig(bits=4, group_size=64, embeddings=False))  # rows of 32 or 64
-    assert isinstance(m.bert.encoder.layer[0].output.dense, DecodedLinear)  # 64 inputs: quantized
-    assert not isinstance(m.classifier, DecodedLinear)  # 32 inputs: left as is, and logged
-    assert "classifier left uncompressed" in caplog.text
+    assert m.bert.encoder.layer[0].output.dense.weight.group_size == 64  # 64 inputs: groups as asked
+    assert m.classifier.weight.group_size == 32  # 32 inputs: the largest divisor below 64, logged
+    assert "groups of 32 (not 64, which does not divide rows of 32)" in caplog.text
+    m = mp.compress(tiny_bert, WeightOnlyConfig(bits=4, group_size=5, embeddings=False))
+    assert m.classifier.weight.group_size == 4
     with pytest.raises(mp.ConfigError, match="no layer to quantize"):
-        mp.compress(tiny_bert, WeightOnlyConfig(bits=4, group_size=5))
-
-
-def test_bad_config():
-    with pytest.raises(mp.ConfigError, match="bits must be"):
-        WeightOnlyConfig(bits=1)
-    with pytest.raises(mp.ConfigError, match="group_size"):
-        WeightOnlyConfig(group_size=0)
+        mp.compress(tiny_bert, WeightOnlyConfig(bits=4, include=("nothing",)))

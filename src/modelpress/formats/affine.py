@@ -9,6 +9,10 @@ shape, used directly by INT8 kernels. Below 8 bits the codes ``q - qmin`` are st
 bit stream of exactly ``bits`` bits each (two 4-bit values per byte, tight 3-bit and 2-bit
 packing); in memory they sit in 1-, 2-, 4- or 8-bit containers (``primitives.bitpack``):
 no conversion at load for 2 and 4 bits.
+
+An optional ``in_scale`` (one float per input column) divides the decoded columns: AWQ
+quantizes ``W·diag(s)`` and stores ``s``, so ``Ŵ = Q(W·diag(s))·diag(s)⁻¹`` (no separate
+op on the activations).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class AffineQuantized(CompressedTensor):
     format_name = "affine"
     format_version = 1
     fields = ("qdata", "scale")
-    optional_fields = ("zero_point",)
+    optional_fields = ("zero_point", "in_scale")
 
     def __init__(
         self,
@@ -44,12 +48,13 @@ class AffineQuantized(CompressedTensor):
         qdata: torch.Tensor,
         scale: torch.Tensor,
         zero_point: torch.Tensor | None = None,
+        in_scale: torch.Tensor | None = None,
         bits: int = 8,
         group_size: int | None = None,
     ) -> None:
         """``qdata``: for 8 bits the integer tensor; below 8 bits the in-memory packing of
         the unsigned codes (use ``encode`` or ``from_ints`` to build one)."""
-        super().__init__(shape, qdata=qdata, scale=scale, zero_point=zero_point)
+        super().__init__(shape, qdata=qdata, scale=scale, zero_point=zero_point, in_scale=in_scale)
         if len(self.shape) != 2:
             raise ValueError(f"affine format holds 2-D weights, got shape {tuple(self.shape)}")
         self.bits = int(bits)
@@ -64,11 +69,20 @@ class AffineQuantized(CompressedTensor):
         zero_point: torch.Tensor | None,
         bits: int,
         group_size: int | None,
+        in_scale: torch.Tensor | None = None,
     ) -> AffineQuantized:
         if bits < 8:
             qmin, _ = qrange(bits, zero_point is None)
             q = to_container((q.to(torch.int32) - qmin).reshape(-1), bits)
-        return cls(shape, qdata=q, scale=scale, zero_point=zero_point, bits=bits, group_size=group_size)
+        return cls(
+            shape,
+            qdata=q,
+            scale=scale,
+            zero_point=zero_point,
+            in_scale=in_scale,
+            bits=bits,
+            group_size=group_size,
+        )
 
     @classmethod
     def encode(
@@ -95,9 +109,10 @@ class AffineQuantized(CompressedTensor):
             from .codebook import decode_in_row_chunks
 
             return decode_in_row_chunks(self, dtype)  # bounded temporaries for large weights
-        return dequantize(
-            self.int_values(), self.scale, self.zero_point, group_size=self.group_size, dtype=dtype
-        )
+        w = dequantize(self.int_values(), self.scale, self.zero_point, group_size=self.group_size)
+        if self.in_scale is not None:
+            w = w.div_(self.in_scale)
+        return w.to(dtype)
 
     def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Decode only the given rows (an embedding lookup), ``(len(rows), cols)``."""
@@ -111,7 +126,10 @@ class AffineQuantized(CompressedTensor):
             else:
                 q = u.to(torch.int32) + qrange(self.bits, self.symmetric)[0]
         zp = None if self.zero_point is None else self.zero_point[rows]
-        return dequantize(q, self.scale[rows], zp, group_size=self.group_size, dtype=dtype)
+        w = dequantize(q, self.scale[rows], zp, group_size=self.group_size)
+        if self.in_scale is not None:
+            w = w.div_(self.in_scale)
+        return w.to(dtype)
 
     def meta(self) -> dict[str, Any]:
         return {"bits": self.bits, "group_size": self.group_size}

@@ -174,7 +174,7 @@ class Codebook(CompressedTensor):
         return pos // int(self.group_size or 1)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if self.mask is None and self.granularity != "group-scaled" and not self.codebook.requires_grad:
+        if self.mask is None and self._rows_decodable() and not self.codebook.requires_grad:
             # row chunks: the only large allocation is the output itself
             return decode_in_row_chunks(self, dtype)
         codes = self.code_values().to(torch.int32)
@@ -195,7 +195,7 @@ class Codebook(CompressedTensor):
 
     def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Decode only the given rows (an embedding lookup), ``(len(rows), cols)``."""
-        if self.mask is not None or self.granularity == "group-scaled":
+        if self.mask is not None or not self._rows_decodable():
             return self.decode(dtype)[rows]
         cols, k = self.cols, self.codebook.shape[1]
         codes = container_rows(self.codes, self.bits, self.rows, cols, rows)
@@ -213,8 +213,15 @@ class Codebook(CompressedTensor):
                 rows.to(torch.int32).unsqueeze(1) * (cols // g)
                 + torch.arange(cols, device=rows.device, dtype=torch.int32) // g
             )
-            vals = cb.reshape(-1)[codes + books * k]
+            if self.granularity == "group-scaled":  # one shared codebook, a scale per group
+                vals = cb[0][codes] * self.scale.reshape(-1)[books].float()
+            else:
+                vals = cb.reshape(-1)[codes + books * k]
         return vals.to(dtype)
+
+    def _rows_decodable(self) -> bool:
+        """Rows decode on their own unless groups straddle rows (group-scaled only)."""
+        return self.granularity != "group-scaled" or self.cols % int(self.group_size or self.cols) == 0
 
     # -- storage <-> memory -------------------------------------------------------------
     def meta(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..base import (
     replace_module,
     select_modules,
 )
+from .calibration import group_for, log_group_fallbacks
 
 __all__ = ["WeightOnlyConfig"]
 
@@ -58,23 +59,18 @@ class WeightOnlyConfig(MethodConfig):
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContext) -> nn.Module:
     types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
     targets = select_modules(model, types, config.include, config.exclude)
-    g = config.group_size
-    skipped = [(n, m) for n, m in targets if g is not None and m.weight.shape[1] % g]
-    for n, m in skipped:
-        log.warning(
-            "weight-only: %s left uncompressed: group size %d does not divide %d", n, g, m.weight.shape[1]
-        )
-    targets = [t for t in targets if t not in skipped]
     if not targets:
-        raise ConfigError(
-            "weight-only: no layer to quantize (check include/exclude and that group_size divides rows)"
-        )
+        raise ConfigError("weight-only: no layer to quantize (check include/exclude)")
+    log_group_fallbacks("weight-only", targets, config.group_size)
     shared: dict[int, AffineQuantized] = {}
     for name, mod in tqdm(targets, desc=f"int{config.bits} RTN", disable=not ctx.progress, leave=False):
         fmt = shared.get(id(mod.weight))
         if fmt is None:
             fmt = AffineQuantized.encode(
-                mod.weight.detach(), config.bits, symmetric=config.symmetric, group_size=g
+                mod.weight.detach(),
+                config.bits,
+                symmetric=config.symmetric,
+                group_size=group_for(mod.weight.shape[1], config.group_size),
             )
             shared[id(mod.weight)] = fmt
         replace_module(model, name, wrap_decoded(mod, fmt))
