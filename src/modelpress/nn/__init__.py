@@ -2,7 +2,7 @@
 
 from .base import MODULES, CompressedModule, register_module
 from .decoded import DecodedConv, DecodedEmbedding, DecodedLinear
-from .int8 import Int8DynamicLinear, Int8Embedding
+from .int8 import Int8DynamicLinear, Int8Embedding, Int8SmoothLinear, Int8StaticLinear
 
 __all__ = [
     "MODULES",
@@ -12,5 +12,7 @@ __all__ = [
     "DecodedLinear",
     "Int8DynamicLinear",
     "Int8Embedding",
+    "Int8SmoothLinear",
+    "Int8StaticLinear",
     "register_module",
 ]
