@@ -117,13 +117,16 @@ def compress(
         device=torch.device(device) if device else torch.device("cpu"),
         progress=progress,
     )
+    applied: list[MethodConfig] = []
     for config in recipe:
         handler = HANDLERS.get(type(config))
         if handler is None:
             raise ConfigError(f"method '{config.name}' has no registered handler")
         log.info("applying %s", config.name)
+        ctx.recorded = None
         model = handler(model, config, ctx)
-    setattr(model, _RECIPE_ATTR, previous + recipe)
+        applied.append(ctx.recorded or config)  # a handler may record its resolved config
+    setattr(model, _RECIPE_ATTR, previous + Recipe(applied))
     return model.eval()
 
 

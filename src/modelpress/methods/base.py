@@ -105,6 +105,16 @@ class CompressContext:
     teacher: nn.Module | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
+    # human-readable remarks a handler wants the user to see (layers kept at higher
+    # precision and why ...); each is also logged as a warning where it is added
+    notes: list[str] = dataclasses.field(default_factory=list)
+    recorded: MethodConfig | None = None  # set through ``record`` by the running handler
+
+    def record(self, config: MethodConfig) -> None:
+        """Record ``config`` in the model's recipe instead of the one the handler was given:
+        the same method with the choices it made from the data filled in (e.g. per-layer
+        bits), so that re-running the saved recipe reproduces them without re-measuring."""
+        self.recorded = config
 
 
 Handler = Callable[[nn.Module, Any, CompressContext], nn.Module]
