@@ -96,6 +96,13 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     out += [""]
     if notes:
         out += ["Notes (measured in this run):", *notes, ""]
+    timed = [r for r in rows if r.get("compress_seconds") is not None and r["method"] != "fp32"]
+    if timed:
+        out += [
+            "Compression time (s, calibration and training included): "
+            + ", ".join(f"{r['method']} {r['compress_seconds']:.1f}" for r in timed),
+            "",
+        ]
     out.append(
         "Size on disk = bytes of the files `modelpress.save` wrote (MB = 10^6 bytes); "
         "bits/weight = 8 × bytes / parameters of the original. "

@@ -122,7 +122,10 @@ def run_bench(
     for label, recipe in bar:
         bar.set_postfix_str(label)
         t0 = time.perf_counter()
-        compressed = compress(original, recipe, data=adapter, device=eval_device, progress=options.progress)
+        with _WarningsOf("modelpress") as warned:  # what a method reported goes into the table notes
+            compressed = compress(
+                original, recipe, data=adapter, device=eval_device, progress=options.progress
+            )
         compress_s = time.perf_counter() - t0
         path = save(compressed, art_dir / label)
         del compressed
@@ -167,6 +170,7 @@ def run_bench(
                 # extras (not part of the fixed key set above)
                 "baseline_rss_mb": mem.get("baseline_rss_mb"),
                 "compress_seconds": compress_s,
+                "method_warnings": warned.messages,
                 "eval_seconds": ev.seconds,
                 "latency_runs": lat.runs,
                 "throughput_runs": thr.runs,
@@ -179,6 +183,25 @@ def run_bench(
     _add_notes(rows)
     env["total_seconds"] = time.perf_counter() - t_start
     return {"env": env, "rows": rows}
+
+
+class _WarningsOf(logging.Handler):
+    """Collects the WARNING records of a logger tree while in a ``with`` block."""
+
+    def __init__(self, logger: str) -> None:
+        super().__init__(logging.WARNING)
+        self.logger = logging.getLogger(logger)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _WarningsOf:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
 
 
 def _add_notes(rows: list[dict[str, Any]]) -> None:
@@ -200,4 +223,5 @@ def _add_notes(rows: list[dict[str, Any]]) -> None:
                 elif "bfloat16" in dtypes and not flags & {"avx512_bf16", "amx_bf16"}:
                     why = " (this CPU has no native bfloat16 matmul: no avx512_bf16 / amx_bf16)"
                 notes.append(f"{1 / ratio:.2f}x slower than fp32 on CPU at batch 1{why}")
+        notes += r.get("method_warnings") or []
         r["notes"] = notes

@@ -1,6 +1,30 @@
-"""Quantization methods (weight-only round-to-nearest so far); see README.md here."""
+"""Quantization methods; see README.md here."""
 
-from . import weight_only
+from . import awq, gptq, mixed, nonuniform, qat, smoothquant, static_int8, weight_only
+from .awq import AWQConfig
+from .gptq import GPTQConfig
+from .mixed import MixedPrecisionConfig
+from .nonuniform import NonUniformConfig
+from .qat import QATConfig
+from .smoothquant import SmoothQuantConfig
+from .static_int8 import StaticInt8Config
 from .weight_only import WeightOnlyConfig
 
-__all__ = ["WeightOnlyConfig", "weight_only"]
+__all__ = [
+    "AWQConfig",
+    "GPTQConfig",
+    "MixedPrecisionConfig",
+    "NonUniformConfig",
+    "QATConfig",
+    "SmoothQuantConfig",
+    "StaticInt8Config",
+    "WeightOnlyConfig",
+    "awq",
+    "gptq",
+    "mixed",
+    "nonuniform",
+    "qat",
+    "smoothquant",
+    "static_int8",
+    "weight_only",
+]
