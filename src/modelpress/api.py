@@ -7,7 +7,9 @@ On-disk format (one directory per artifact):
   keys (tied weights) are stored once;
 - ``manifest.json``: the format name and version, the base model (class + config), the
   recipe, every compressed module with its formats (name, version, meta), the shape and
-  dtype of every tensor, and the aliases of tied tensors.
+  dtype of every tensor, the aliases of tied tensors, and the ``structure`` of a
+  structurally rewritten model (layers whose dims differ from what the base config builds,
+  changed head counts; see ``models.architectures.describe_structure``).
 
 Loading reads only JSON and safetensors (no pickle), accepts only registered names, and
 checks every name, shape and dtype against the manifest before touching the model.
@@ -34,7 +36,7 @@ from . import methods as _methods  # noqa: F401 - registers the built-in methods
 from .errors import ArtifactError, ConfigError, ModelpressError
 from .methods.base import HANDLERS, PRESETS, CompressContext, MethodConfig
 from .models import lenet as _lenet  # noqa: F401 - registers the built-in architectures
-from .models.architectures import build_base, describe_base
+from .models.architectures import apply_structure, build_base, describe_base, describe_structure
 from .nn.base import MODULES, CompressedModule
 from .recipe import Recipe
 
@@ -180,10 +182,14 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST_FILE).exists())):
         raise ModelpressError(f"refusing to overwrite {path}: it exists and is not a modelpress artifact")
     tensors, specs, aliases, modules = _collect(model)
+    base = describe_base(model)
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "base": describe_base(model),
+        "base": base,
+        # layers and head counts that differ from what the base config builds (structured
+        # pruning); empty for every other model
+        "structure": describe_structure(model, base),
         "recipe": recipe_of(model).to_list(),
         "modules": modules,
         "tensors": specs,
@@ -329,6 +335,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
     try:
         recipe = Recipe.from_list(manifest["recipe"])
         model = build_base(manifest["base"])
+        apply_structure(model, manifest.get("structure"))  # absent in artifacts of older versions
         for name, entry in manifest["modules"].items():
             cls = MODULES.get(str(entry.get("class")))
             prefix = name + "."
