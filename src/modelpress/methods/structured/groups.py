@@ -1,0 +1,482 @@
+"""Dependency groups: what must shrink together when one head, neuron, channel or block goes.
+
+Removing an attention head removes its rows of the query, key and value projections and the
+same columns of the output projection; removing an FFN neuron removes a row of the up (and
+gate) projection and a column of the down projection; removing a conv filter removes the
+filter, its BatchNorm entries and the next layer's input channels (after a flatten, a block
+of ``H*W`` columns of the first Linear). This is Torch-Pruning's dependency graph (Fang et
+al. 2023, "DepGraph: Towards Any Structural Pruning", arXiv 2301.12900), kept to the
+patterns modelpress knows; anything else is refused with a clear error rather than guessed.
+
+Pruning happens in place on the modules (weights re-assigned, ``in_features`` etc. updated),
+so module references stay valid and the result is an ordinary dense model; ``save`` records
+the changed dims in the manifest's ``structure`` entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ConfigError
+
+__all__ = [
+    "Group",
+    "Part",
+    "attention_groups",
+    "block_list",
+    "channel_groups",
+    "check_untied",
+    "ffn_groups",
+    "prune_group",
+    "remove_blocks",
+]
+
+log = logging.getLogger(__name__)
+
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One module's share of a group: ``dim`` 0 = its outputs (weight rows, bias, norm
+    statistics), 1 = its inputs (weight columns). Group ``g`` is the ``g``-th of ``n`` equal
+    contiguous blocks along that dim."""
+
+    name: str
+    module: nn.Module
+    dim: int
+
+
+@dataclasses.dataclass
+class Group:
+    """``n`` removable units (heads, KV groups, neurons, channels) of one structure.
+
+    probe: (module name, module, "input" | "output", channel dim) whose activation measures
+    the units for activation importance. attrs: int attributes to set after pruning, as
+    ``(module, attr, per_unit)``: the new value is ``kept units * per_unit``.
+    """
+
+    name: str
+    n: int
+    parts: list[Part]
+    probe: tuple[str, nn.Module, str, int]
+    attrs: list[tuple[nn.Module, str, int]] = dataclasses.field(default_factory=list)
+    unit: str = "unit"
+
+    def tensors(self) -> list[tuple[torch.Tensor, int]]:
+        """Every tensor of the group with the dim its units split: ``(tensor, dim)``."""
+        return [(t, d) for p in self.parts for t, d in _part_tensors(p.module, p.dim)]
+
+
+def _part_tensors(m: nn.Module, dim: int) -> list[tuple[torch.Tensor, int]]:
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        names = ["weight", "bias", "running_mean", "running_var"]
+        return [(t, 0) for n in names if (t := getattr(m, n, None)) is not None]
+    out = [(m.weight, dim)]
+    if dim == 0 and getattr(m, "bias", None) is not None:
+        out.append((m.bias, 0))
+    return out
+
+
+def _require_layer(name: str, m: object, what: str) -> nn.Module:
+    if not isinstance(m, _PRUNABLE):
+        raise ConfigError(
+            f"{what}: '{name}' is a {type(m).__name__}, not a plain layer; apply structured pruning "
+            "before methods that replace layers (quantization, clustering)"
+        )
+    return m
+
+
+def check_untied(model: nn.Module, groups: Sequence[Group], what: str) -> None:
+    """Refuse groups whose tensors are shared with another module (tied weights): pruning
+    one side would silently change or break the other."""
+    owners: dict[int, list[str]] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for pname, p in [*m._parameters.items(), *m._buffers.items()]:
+            if p is not None:
+                owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    for g in groups:
+        for part in g.parts:
+            for t, _ in _part_tensors(part.module, part.dim):
+                names = owners.get(id(t), [])
+                if len(names) > 1:
+                    raise ConfigError(
+                        f"{what}: {names[0]} is tied to {', '.join(names[1:])}; structured pruning "
+                        f"would change both. Untie the weights or exclude '{g.name}'"
+                    )
+
+
+def _index(size: int, n: int, keep: Sequence[int], device: torch.device) -> torch.Tensor:
+    block = size // n
+    return torch.cat([torch.arange(k * block, (k + 1) * block, device=device) for k in keep])
+
+
+def _shrink(m: nn.Module, dim: int, n: int, keep: Sequence[int]) -> None:
+    """Keep the blocks ``keep`` (of ``n``) of ``m`` along ``dim``, in place."""
+    bn = isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+    for pname in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(m, pname, None)
+        if not isinstance(t, torch.Tensor):
+            continue
+        if bn or pname == "bias":
+            if not bn and dim != 0:
+                continue  # a layer's bias belongs to its outputs
+            d = 0
+        elif pname == "weight":
+            d = dim
+        else:
+            continue
+        idx = _index(t.shape[d], n, keep, t.device)
+        new = t.detach().index_select(d, idx).clone()
+        if isinstance(t, nn.Parameter):
+            setattr(m, pname, nn.Parameter(new, requires_grad=t.requires_grad))
+        else:
+            m._buffers[pname] = new
+    w = m.weight
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = w.shape
+    elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        m.num_features = (w if w is not None else m.running_mean).shape[0]
+
+
+def prune_group(group: Group, keep: Sequence[int]) -> None:
+    """Remove every unit of ``group`` not in ``keep`` (sorted indices), in place."""
+    if not keep:
+        raise ConfigError(f"pruning would remove every {group.unit} of '{group.name}'; lower the fraction")
+    if len(keep) == group.n:
+        return
+    for part in group.parts:
+        _shrink(part.module, part.dim, group.n, keep)
+    for mod, attr, per_unit in group.attrs:
+        setattr(mod, attr, len(keep) * per_unit)
+    group.n = len(keep)
+
+
+# -- transformers: attention heads, FFN neurons, blocks ------------------------------------
+
+
+def attention_groups(model: nn.Module) -> list[Group]:
+    """One group per attention module: its heads (BERT-style) or, with grouped-query
+    attention (Llama-style), its key/value groups — one KV head and the query heads that
+    share it, so the query-to-KV ratio ``num_key_value_groups`` stays the same."""
+    what = "prune-heads"
+    groups = []
+    for name, m in model.named_modules():
+        sa, out = getattr(m, "self", None), getattr(getattr(m, "output", None), "dense", None)
+        if sa is not None and out is not None and all(hasattr(sa, a) for a in ("query", "key", "value")):
+            # BERT-style: BertAttention.self (query/key/value) + BertAttention.output.dense
+            heads, d = int(sa.num_attention_heads), int(sa.attention_head_size)
+            sname = f"{name}.self"
+            parts = [
+                Part(f"{sname}.{p}", _require_layer(f"{sname}.{p}", getattr(sa, p), what), 0)
+                for p in ("query", "key", "value")
+            ]
+            parts.append(Part(f"{name}.output.dense", _require_layer(f"{name}.output.dense", out, what), 1))
+            groups.append(
+                Group(
+                    sname,
+                    heads,
+                    parts,
+                    (f"{name}.output.dense", out, "input", -1),
+                    [(sa, "num_attention_heads", 1), (sa, "all_head_size", d)],
+                    unit="head",
+                )
+            )
+        elif all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
+            # Llama-style: q/k/v/o_proj; with GQA a unit is a KV head and its query heads
+            hd = int(m.head_dim)
+            k = _require_layer(f"{name}.k_proj", m.k_proj, what)
+            n_kv = k.weight.shape[0] // hd
+            parts = [
+                Part(f"{name}.{p}", _require_layer(f"{name}.{p}", getattr(m, p), what), 0)
+                for p in ("q_proj", "k_proj", "v_proj")
+            ]
+            parts.append(Part(f"{name}.o_proj", _require_layer(f"{name}.o_proj", m.o_proj, what), 1))
+            group_size = parts[0].module.weight.shape[0] // (n_kv * hd)
+            attrs = [
+                (m, a, per)
+                for a, per in (("num_heads", group_size), ("num_key_value_heads", 1))
+                if isinstance(getattr(m, a, None), int)
+            ]
+            groups.append(
+                Group(
+                    name,
+                    n_kv,
+                    parts,
+                    (f"{name}.o_proj", m.o_proj, "input", -1),
+                    attrs,
+                    unit="head" if group_size == 1 else "key/value group",
+                )
+            )
+    if not groups:
+        raise ConfigError(
+            f"{what} found no attention it knows in {type(model).__name__}: it supports BERT-style "
+            "(query/key/value + output.dense) and Llama-style (q_proj/k_proj/v_proj/o_proj) attention"
+        )
+    return groups
+
+
+def ffn_groups(model: nn.Module) -> list[Group]:
+    """One group per feed-forward block: its intermediate neurons (BERT: intermediate.dense
+    rows + output.dense columns; Llama: gate/up rows + down columns)."""
+    what = "prune-ffn"
+    groups = []
+    for name, m in model.named_modules():
+        inter, out = (
+            getattr(getattr(m, "intermediate", None), "dense", None),
+            getattr(getattr(m, "output", None), "dense", None),
+        )
+        if inter is not None and out is not None:
+            parts = [
+                Part(
+                    f"{name}.intermediate.dense", _require_layer(f"{name}.intermediate.dense", inter, what), 0
+                ),
+                Part(f"{name}.output.dense", _require_layer(f"{name}.output.dense", out, what), 1),
+            ]
+            n = parts[0].module.weight.shape[0]
+            groups.append(Group(name, n, parts, (f"{name}.output.dense", out, "input", -1), unit="neuron"))
+        elif hasattr(m, "up_proj") and hasattr(m, "down_proj"):
+            ups = [p for p in ("gate_proj", "up_proj") if hasattr(m, p)]
+            parts = [Part(f"{name}.{p}", _require_layer(f"{name}.{p}", getattr(m, p), what), 0) for p in ups]
+            parts.append(Part(f"{name}.down_proj", _require_layer(f"{name}.down_proj", m.down_proj, what), 1))
+            n = parts[0].module.weight.shape[0]
+            attrs = (
+                [(m, "intermediate_size", 1)]
+                if isinstance(getattr(m, "intermediate_size", None), int)
+                else []
+            )
+            groups.append(
+                Group(name, n, parts, (f"{name}.down_proj", m.down_proj, "input", -1), attrs, unit="neuron")
+            )
+    if not groups:
+        raise ConfigError(
+            f"{what} found no feed-forward block it knows in {type(model).__name__}: it supports "
+            "BERT-style (intermediate.dense + output.dense) and Llama-style (gate/up/down_proj) blocks"
+        )
+    return groups
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer's list of blocks: the ModuleList of ``config.num_hidden_layers``
+    modules of one class (BERT ``bert.encoder.layer``, Llama ``model.layers``)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) == n and len({type(b) for b in m}) == 1:
+            return name, m
+    raise ConfigError(
+        f"prune-layers found no list of {n} transformer blocks in {type(model).__name__}; it supports "
+        "transformers models whose blocks are one ModuleList of config.num_hidden_layers layers"
+    )
+
+
+def remove_blocks(model: nn.Module, keep: Sequence[int]) -> None:
+    """Keep only the blocks ``keep`` (sorted), renumber their cache ``layer_idx`` and update
+    ``config.num_hidden_layers`` (and ``config.layer_types``) so the config builds the same."""
+    name, blocks = block_list(model)
+    if not keep:
+        raise ConfigError("prune-layers would remove every block; lower the fraction")
+    kept = nn.ModuleList([blocks[i] for i in keep])
+    for new_idx, block in enumerate(kept):
+        for sub in block.modules():
+            if isinstance(getattr(sub, "layer_idx", None), int):
+                sub.layer_idx = new_idx
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, kept)
+    config = model.config  # shared by every submodule of a transformers model
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == len(blocks):
+        config.layer_types = [layer_types[i] for i in keep]
+    config.num_hidden_layers = len(keep)
+
+
+# -- CNNs (and MLPs): channels / neurons, found by tracing ---------------------------------
+
+_PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
+)
+_POOL_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+_PASS_FUNCS = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.dropout,
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    F.tanh,
+    F.sigmoid,
+}
+_POOL_FUNCS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+}
+_PASS_METHODS = {"relu", "relu_", "tanh", "sigmoid", "contiguous"}
+
+
+def _is_flatten(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``torch.flatten(x, 1)``, ``x.flatten(1)`` or ``nn.Flatten()`` (start_dim 1, to the end)."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    if (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target == "flatten"
+    ):
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+    return False
+
+
+def _describe(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{type(modules[str(node.target)]).__name__} '{node.target}'"
+    if node.op == "output":
+        return "the model's output"
+    t = node.target
+    return getattr(t, "__name__", str(t)) if node.op == "call_function" else f".{t}()"
+
+
+def _follow(
+    start: torch.fx.Node, modules: dict[str, nn.Module], producer: nn.Module
+) -> tuple[list[Part], tuple[str, nn.Module] | None, str | None]:
+    """Walk forward from a producer's output to every layer that consumes its channels.
+    Returns (parts, last batchnorm, reason it cannot be followed or None)."""
+    parts: list[Part] = []
+    bn: tuple[str, nn.Module] | None = None
+    channels = producer.weight.shape[0]
+    conv = isinstance(producer, (nn.Conv1d, nn.Conv2d))
+    stack: list[tuple[torch.fx.Node, bool]] = [(start, False)]  # (node, flattened)
+    seen: set[torch.fx.Node] = set()
+    while stack:
+        node, flat = stack.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            # the channel tensor must be the op's first argument and the only tensor in it
+            others = [a for a in [*user.args[1:], *user.kwargs.values()] if isinstance(a, torch.fx.Node)]
+            if user.op != "output" and (not user.args or user.args[0] is not node or others):
+                return parts, bn, _describe(user, modules)
+            if user.op == "call_module":
+                m = modules[str(user.target)]
+                tname = str(user.target)
+                if (
+                    isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+                    and not flat
+                    and m.num_features == channels
+                ):
+                    parts.append(Part(tname, m, 0))
+                    bn = (tname, m)
+                    stack.append((user, flat))
+                elif isinstance(m, _PASS_MODULES) or (isinstance(m, _POOL_MODULES) and not flat):
+                    stack.append((user, flat))
+                elif (
+                    isinstance(m, (nn.Conv1d, nn.Conv2d))
+                    and conv
+                    and not flat
+                    and m.groups == 1
+                    and m.in_channels == channels
+                ):
+                    parts.append(Part(tname, m, 1))
+                elif isinstance(m, nn.Linear) and (flat or not conv) and m.in_features % channels == 0:
+                    if not flat and m.in_features != channels:
+                        return parts, bn, _describe(user, modules)
+                    parts.append(Part(tname, m, 1))
+                elif conv and not flat and _is_flatten(user, modules):
+                    stack.append((user, True))
+                else:
+                    return parts, bn, _describe(user, modules)
+            elif user.op == "call_function" and (
+                user.target in _PASS_FUNCS or (user.target in _POOL_FUNCS and not flat)
+            ):
+                stack.append((user, flat))
+            elif user.op == "call_method" and user.target in _PASS_METHODS:
+                stack.append((user, flat))
+            elif conv and not flat and _is_flatten(user, modules):
+                stack.append((user, True))
+            else:
+                return parts, bn, _describe(user, modules)
+    return parts, bn, None
+
+
+def channel_groups(model: nn.Module, what: str = "prune-channels") -> tuple[list[Group], dict[str, str]]:
+    """Channel groups of a CNN (or MLP) found by tracing it with ``torch.fx``: each Conv /
+    Linear whose output reaches only BatchNorm, element-wise activations, pooling, dropout,
+    a flatten and then the next Conv / Linear. Returns the groups and, for every other
+    Conv / Linear, why it cannot be pruned (e.g. it feeds the model's output or a residual
+    addition)."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # any tracing failure means: a graph modelpress cannot follow
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(
+            f"{what} traces the model with torch.fx to find which layers depend on each other and "
+            f"cannot trace {type(model).__name__} ({type(e).__name__}: {first}); it supports plain "
+            "CNNs and MLPs such as the LeNets (use prune-heads / prune-ffn for transformers)"
+        ) from None
+    modules = dict(model.named_modules())
+    groups: list[Group] = []
+    skipped: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        name = str(node.target)
+        m = modules[name]
+        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
+            skipped[name] = f"it is a grouped convolution (groups={m.groups})"
+            continue
+        parts, bn, reason = _follow(node, modules, m)
+        consumers = [p for p in parts if p.dim == 1]
+        if reason is not None or not consumers:
+            skipped[name] = f"its output reaches {reason or 'no layer'}"
+            continue
+        conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+        probe_name, probe_mod = bn if bn is not None else (name, m)
+        groups.append(
+            Group(
+                name,
+                m.weight.shape[0],
+                [Part(name, m, 0), *parts],
+                (probe_name, probe_mod, "output", 1 if conv else -1),
+                unit="channel" if conv else "neuron",
+            )
+        )
+    return groups, skipped
