@@ -2,6 +2,7 @@
 (explicit imports, no package walking)."""
 
 from . import baseline, clustering, quantization
+from . import structured
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "quantization",
     "register",
     "register_config",
+    "structured",
 ]
