@@ -510,3 +510,26 @@ def test_presets_are_registered():
         assert configs[-1].epochs >= 1  # each ends with its fine-tune
     kinds = [type(c) for c in PRESETS.get("prune-structured").build()]
     assert kinds == [PruneHeadsConfig, PruneFFNConfig]
+
+
+def test_structured_recipe_on_a_text_task_round_trips(tmp_path, tiny_bert_dir, small_splits):
+    from modelpress.models.classification import TextClassificationTask
+    from modelpress.models.sources import local_source
+
+    task = TextClassificationTask(local_source(str(tiny_bert_dir)), small_splits, seq_len=16)
+    original = task.load_original(progress=False)
+    # the preset's recipe, cut short: Taylor scores on 2 train batches, 3 fine-tune steps
+    recipe = [
+        PruneHeadsConfig(fraction=0.5, importance="taylor", calibration_batches=2, batch_size=16),
+        PruneFFNConfig(
+            fraction=0.5, importance="taylor", calibration_batches=2, batch_size=16, epochs=1, max_steps=3
+        ),
+    ]
+    model = mp.compress(original, recipe, data=task, progress=False)
+    assert [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer] == [1, 1]
+    assert _n_params(model) < _n_params(original)
+    loaded = mp.load(mp.save(model, tmp_path / "s"))
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+    assert 0.0 <= task.score(loaded) <= 1.0
