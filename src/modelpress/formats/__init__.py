@@ -4,6 +4,7 @@ from .affine import AffineQuantized
 from .base import FORMATS, CompressedTensor, register_format
 from .codebook import Codebook
 from .pq import ProductQuantized
+from .sparse import SparseTensor
 
 __all__ = [
     "FORMATS",
@@ -11,5 +12,6 @@ __all__ = [
     "Codebook",
     "CompressedTensor",
     "ProductQuantized",
+    "SparseTensor",
     "register_format",
 ]

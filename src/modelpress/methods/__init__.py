@@ -2,6 +2,7 @@
 (explicit imports, no package walking)."""
 
 from . import baseline, clustering, quantization
+from . import pruning
 from . import structured
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
@@ -13,6 +14,7 @@ __all__ = [
     "MethodConfig",
     "baseline",
     "clustering",
+    "pruning",
     "quantization",
     "register",
     "register_config",
