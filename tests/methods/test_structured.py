@@ -192,14 +192,14 @@ def test_llama_ffn_equals_masked_model(tiny_llama):
         torch.testing.assert_close(pruned(**x).logits, masked(**x).logits, atol=1e-5, rtol=1e-4)
 
 
-def test_lenet5_channels_equal_masked_model_and_exact_counts():
+def test_lenet5_channels_equal_masked_model_and_exact_counts(device):
     torch.manual_seed(0)
-    net = LeNet5().eval()
+    net = LeNet5().eval().to(device)
     pruned = mp.compress(net, PruneChannelsConfig(fraction=0.5))
     masked = copy.deepcopy(net)
     k1 = _kept_blocks(net.conv1.weight, pruned.conv1.weight, 1)
     k2 = _kept_blocks(net.conv2.weight[:, k1], pruned.conv2.weight, 1)  # its inputs follow conv1
-    cols = torch.cat([torch.arange(c * 16, (c + 1) * 16) for c in k2])
+    cols = torch.cat([torch.arange(c * 16, (c + 1) * 16) for c in k2]).to(device)
     k3 = _kept_blocks(net.fc1.weight[:, cols], pruned.fc1.weight, 1)
     assert (len(k1), len(k2), len(k3)) == (10, 25, 250)
     # fc1's inputs: each kept conv2 channel keeps its 4x4 block of columns, in order
@@ -212,7 +212,7 @@ def test_lenet5_channels_equal_masked_model_and_exact_counts():
                 lin.bias[r] = 0
     expected = (10 * 25 + 10) + (25 * 10 * 25 + 25) + (400 * 250 + 250) + (250 * 10 + 10)
     assert _n_params(pruned) == expected == 109_295
-    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-4)
 
