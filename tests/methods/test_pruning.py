@@ -147,7 +147,7 @@ def test_sparse_storage_method(tiny_bert):
     assert isinstance(stored.classifier, nn.Linear)  # no zeros: stays dense
 
 
-@pytest.mark.parametrize("preset", [*PRUNE_PRESETS, "deep-compression"])
+@pytest.mark.parametrize("preset", [*PRUNE_PRESETS, "deep-compression", "deep-compression-fc"])
 def test_presets_roundtrip_yaml(preset):
     recipe = Recipe(PRESETS.get(preset).build())
     assert Recipe.from_yaml(recipe.to_yaml()) == recipe

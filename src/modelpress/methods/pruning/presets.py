@@ -53,29 +53,48 @@ def _pgr80() -> list[MethodConfig]:
     return [PruneConfig(sparsity=0.8, schedule="cubic", epochs=1, max_steps=300, lr=1e-4)]
 
 
-def deep_compression() -> list[MethodConfig]:
+def deep_compression(conv: bool = True) -> list[MethodConfig]:
     """Han et al. (arXiv 1510.00149): prune (per-layer rates of the paper's LeNets), fine-tune
     with masks fixed, cluster only the kept weights (conv 8-bit, fc 5-bit, linear init),
-    fine-tune the centroids; codes and masks entropy-coded (zstd in place of Huffman)."""
+    fine-tune the centroids; codes and masks entropy-coded (zstd in place of Huffman).
+    ``conv=False``: the variant for models without convolutions (a k-means step that
+    matches no layer is an error)."""
+    kmeans: list[MethodConfig] = [
+        KMeansConfig(bits=5, layers=("linear",), sparsity="keep", init="linear", coding="zstd")
+    ]
+    if conv:
+        kmeans.insert(
+            0, KMeansConfig(bits=8, layers=("conv",), sparsity="keep", init="linear", coding="zstd")
+        )
     return [
         PruneConfig(
             sparsity=0.92,
             layer_sparsity=("conv1=0.34", "conv2=0.88", "@head=0.74"),
-            layers=("linear", "conv"),
+            layers=("linear", "conv") if conv else ("linear",),
             head=True,
             epochs=8,
             lr=1e-3,
             storage="dense",
         ),
-        KMeansConfig(bits=8, layers=("conv",), sparsity="keep", init="linear", coding="zstd"),
-        KMeansConfig(bits=5, layers=("linear",), sparsity="keep", init="linear", coding="zstd"),
+        *kmeans,
         CentroidFineTuneConfig(epochs=3, lr=1e-4),
     ]
 
 
-register_preset(
+@register_preset(
     "deep-compression",
-    "Deep Compression: prune ~92% + fine-tune, k-means of kept weights (conv 8-bit, fc 5-bit) + centroid "
-    "fine-tune, entropy-coded codes and masks",
+    "Deep Compression for CNNs: prune ~92% + fine-tune, k-means of kept weights (conv 8-bit, fc 5-bit) "
+    "+ centroid fine-tune, entropy-coded codes and masks",
     FAMILY,
-)(deep_compression)
+)
+def _dc() -> list[MethodConfig]:
+    return deep_compression(conv=True)
+
+
+@register_preset(
+    "deep-compression-fc",
+    "Deep Compression for models without convolutions (MLPs, transformers): fc layers only",
+    FAMILY,
+)
+def _dc_fc() -> list[MethodConfig]:
+    return deep_compression(conv=False)
