@@ -74,3 +74,59 @@ def test_bad_train_config():
             TrainConfig(),
             progress=False,
         )
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
+    from modelpress.training import Checkpointing
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 6, generator=g)
+    y = (x[:, 0] - x[:, 1] > 0).long()
+
+    def batches(epoch):
+        order = torch.randperm(96, generator=torch.Generator().manual_seed(epoch))
+        return [(x[order[i : i + 16]], y[order[i : i + 16]]) for i in range(0, 96, 16)]
+
+    def make():
+        torch.manual_seed(0)
+        # dropout draws from the global RNG: the checkpoint must restore it
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+
+    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    evaluate = lambda m: (m(x).argmax(-1) == y).float().mean().item()  # noqa: E731
+    cfg = TrainConfig(epochs=3, lr=0.05, patience=None)
+
+    ref = make()
+    ref_res = fit(ref, loss, batches, cfg, evaluate=evaluate, progress=False)
+
+    ck = Checkpointing(tmp_path / "ckpt", every=4)
+    model = make()
+
+    def boom(m, step):
+        if step == 9:  # mid-epoch (6 batches per epoch), one step after the checkpoint at 8
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        fit(model, loss, batches, cfg, evaluate=evaluate, progress=False, checkpoint=ck, after_step=boom)
+    assert (tmp_path / "ckpt" / "state.json").is_file()
+    model = make()  # a fresh process would start from the initial weights again
+    res = fit(model, loss, batches, cfg, evaluate=evaluate, progress=False, checkpoint=ck)
+    for a, b in zip(ref.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert res.steps == ref_res.steps == 18
+    assert [h["metric"] for h in res.history] == [h["metric"] for h in ref_res.history]
+    assert res.history[0]["loss"] == pytest.approx(ref_res.history[0]["loss"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    from modelpress.training import Checkpointing
+
+    _, _, batches, loss = _problem()
+    ck = Checkpointing(tmp_path / "ckpt", every=2)
+    fit(nn.Linear(4, 2), loss, batches, TrainConfig(epochs=1, lr=0.1), progress=False, checkpoint=ck)
+    with pytest.raises(ConfigError, match="different configuration"):
+        fit(nn.Linear(4, 2), loss, batches, TrainConfig(epochs=2, lr=0.1), progress=False, checkpoint=ck)

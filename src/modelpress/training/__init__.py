@@ -1,5 +1,5 @@
 """The one fine-tuning loop."""
 
-from .loop import FitResult, TrainConfig, fit, seed_everything
+from .loop import Checkpointing, FitResult, TrainConfig, fit, seed_everything
 
-__all__ = ["FitResult", "TrainConfig", "fit", "seed_everything"]
+__all__ = ["Checkpointing", "FitResult", "TrainConfig", "fit", "seed_everything"]
