@@ -1,9 +1,7 @@
 """Compression methods, one family per sub-package. Importing this package registers them
 (explicit imports, no package walking)."""
 
-from . import baseline, clustering, quantization
-from . import pruning
-from . import structured
+from . import baseline, clustering, distillation, pruning, quantization, structured
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
 __all__ = [
@@ -14,6 +12,7 @@ __all__ = [
     "MethodConfig",
     "baseline",
     "clustering",
+    "distillation",
     "pruning",
     "quantization",
     "register",

@@ -1,6 +1,7 @@
 """The LeNets of Deep Compression, registered so their artifacts load without pickle.
 
-- ``LeNet300100``: fully connected 784-300-100-10 (266,610 parameters; 1,070 KB in fp32).
+- ``LeNet300100``: fully connected 784-300-100-10 (266,610 parameters; 1,070 KB in fp32);
+  ``hidden`` sets other hidden widths (e.g. the half-width student 784-150-50-10).
 - ``LeNet5``: Caffe's LeNet-5 — conv 20@5x5, max-pool, conv 50@5x5, max-pool, fc 800-500,
   fc 500-10 (431,080 parameters; 1,720 KB in fp32).
 """
@@ -20,15 +21,20 @@ __all__ = ["LeNet5", "LeNet300100"]
 
 @register_architecture("lenet-300-100")
 class LeNet300100(nn.Module):
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] | list[int] = (300, 100)) -> None:
         super().__init__()
+        if len(hidden) != 2 or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"LeNet300100 needs two positive hidden widths, got {hidden!r}")
         self.num_classes = num_classes
-        self.fc1 = nn.Linear(784, 300)
-        self.fc2 = nn.Linear(300, 100)
-        self.fc3 = nn.Linear(100, num_classes)
+        self.hidden = (int(hidden[0]), int(hidden[1]))
+        self.fc1 = nn.Linear(784, self.hidden[0])
+        self.fc2 = nn.Linear(self.hidden[0], self.hidden[1])
+        self.fc3 = nn.Linear(self.hidden[1], num_classes)
 
     def arch_args(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes}
+        if self.hidden == (300, 100):  # artifacts of the standard net keep their manifest
+            return {"num_classes": self.num_classes}
+        return {"num_classes": self.num_classes, "hidden": list(self.hidden)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
