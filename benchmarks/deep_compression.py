@@ -113,10 +113,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         rows = [r for m in args.models.split(",") for r in run(m.strip(), out)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; recipe `deep-compression`")
-    print("(LeNet-300-100 has no conv layer: `deep-compression-fc`, the same without the conv k-means):")
-    for c in deep_compression():
-        print(f"- {c.to_dict()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, conv in (("deep-compression", True), ("deep-compression-fc", False)):
+        print(f"recipe `{name}` ({'LeNet-5' if conv else 'LeNet-300-100: no conv layer'}):")
+        for c in deep_compression(conv=conv):
+            print(f"- {c.to_dict()}")
     print()
     print("| model | stage | artifact bytes | vs fp32 | test acc | Δ acc (pt) | val acc | stage time (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
