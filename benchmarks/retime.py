@@ -73,9 +73,8 @@ def main() -> None:
     command = env.get("command") or "modelpress bench"
     retimed = f"python benchmarks/retime.py {args.results.as_posix()} --model {args.model}"
     result["env"] = {**env, "retimed_by": retimed}
-    full = f"{command}` (timing and peak RAM re-measured by `{retimed}"
-    write_reports(result, args.results, command=full)
-    print(markdown(result, full))
+    write_reports(result, args.results, command=command)
+    print(markdown(result, command))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ def test_run_bench_rows_are_measured(tmp_path, tiny_task):
     assert "| Model | Method | Size on disk |" in md and "int8-dynamic" in md
     assert paths["csv"].read_text().splitlines()[0].startswith(",".join(ROW_KEYS[:3]))
     assert paths["png"].stat().st_size > 1000
+    assert "re-measured" not in md
+
+    # a re-timed run (benchmarks/retime.py) says so under its command
+    result["env"]["retimed_by"] = "python benchmarks/retime.py results/x --model minilm"
+    md = write_reports(result, tmp_path, command="c")["md"].read_text()
+    assert "Command: `c`" in md and "by: `python benchmarks/retime.py results/x --model minilm`" in md
 
 
 def test_run_bench_bad_options(tmp_path, tiny_task):

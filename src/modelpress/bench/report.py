@@ -87,6 +87,12 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     out = [f"## {env.get('model')} — {env.get('task')}", ""]
     if command:
         out += [f"Command: `{command}`", ""]
+    if env.get("retimed_by"):
+        out += [
+            "CPU latency, throughput and peak RAM re-measured on the same artifacts, one after "
+            f"the other on an otherwise idle CPU, by: `{env['retimed_by']}`",
+            "",
+        ]
     out += [*header_lines(env), ""]
     out.append("| " + " | ".join(COLUMNS) + " |")
     out.append("|" + "|".join("---" for _ in COLUMNS) + "|")
