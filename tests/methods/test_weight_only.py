@@ -5,7 +5,7 @@ import torch
 
 import modelpress as mp
 from modelpress.formats import AffineQuantized
-from modelpress.methods.quantization import WeightOnlyConfig
+from modelpress.methods.quantization import AWQConfig, GPTQConfig, NonUniformConfig, WeightOnlyConfig
 from modelpress.nn import DecodedEmbedding, DecodedLinear
 from modelpress.primitives.quant import choose_qparams, dequantize, quantize
 
@@ -60,3 +60,21 @@ def test_group_size_falls_back_to_a_divisor(tiny_bert, caplog):
     assert m.classifier.weight.group_size == 4
     with pytest.raises(mp.ConfigError, match="no layer to quantize"):
         mp.compress(tiny_bert, WeightOnlyConfig(bits=4, include=("nothing",)))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        WeightOnlyConfig(bits=4, group_size=64, strict_groups=True),
+        GPTQConfig(bits=4, group_size=64, strict_groups=True),
+        AWQConfig(bits=4, group_size=64, strict_groups=True),
+        NonUniformConfig(kind="nf4", group_size=64, strict_groups=True),
+    ],
+    ids=lambda c: c.name,
+)
+def test_strict_groups_reject_a_group_size_that_does_not_divide(tiny_bert, config):
+    before = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    with pytest.raises(mp.ConfigError, match="group_size 64 does not divide rows of 32 weights"):
+        mp.compress(tiny_bert, config)  # the classifier's rows are 32 wide; no data needed to fail
+    after = tiny_bert.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing half-done

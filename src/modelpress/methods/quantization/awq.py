@@ -57,6 +57,7 @@ class AWQConfig(MethodConfig):
     name = "awq"
     bits: int = 4
     group_size: int | None = 128
+    strict_groups: bool = False
     symmetric: bool = False
     grid: int = 20
     max_rows: int = 2048
@@ -116,7 +117,7 @@ def _awq(model: nn.Module, config: AWQConfig, ctx: CompressContext) -> nn.Module
     targets = list(select_modules(model, types, config.include, config.exclude))
     if not targets:
         raise ConfigError("awq: no layer matched include/exclude")
-    log_group_fallbacks("awq", targets, config.group_size)
+    log_group_fallbacks("awq", targets, config.group_size, config.strict_groups)
     tied = tied_weight_ids(model)
     rtn = [(n, m) for n, m in targets if not isinstance(m, nn.Linear) or id(m.weight) in tied]
     searched = {n: m for n, m in targets if (n, m) not in rtn}

@@ -34,9 +34,11 @@ def group_for(cols: int, group_size: int | None) -> int | None:
 
 
 def log_group_fallbacks(
-    method: str, targets: Sequence[tuple[str, nn.Module]], group_size: int | None
+    method: str, targets: Sequence[tuple[str, nn.Module]], group_size: int | None, strict: bool = False
 ) -> None:
-    """Say, once per row width, which layers take a smaller group than asked (``group_for``)."""
+    """Say, once per row width, which layers take a smaller group than asked (``group_for``);
+    with ``strict`` (the configs' ``strict_groups``) such a layer is a ``ConfigError`` instead,
+    raised before anything is quantized."""
     by_width: dict[int, list[str]] = {}
     for name, mod in targets:
         cols = int(mod.weight.shape[1])
@@ -44,6 +46,12 @@ def log_group_fallbacks(
             by_width.setdefault(cols, []).append(name)
     for cols, names in sorted(by_width.items()):
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        if strict:
+            raise ConfigError(
+                f"{method}: group_size {group_size} does not divide rows of {cols} weights "
+                f"({shown}); choose a divisor of {cols}, group_size null (per channel), or "
+                f"strict_groups false (groups of {group_for(cols, group_size)} there)"
+            )
         log.warning(
             "%s: groups of %d (not %d, which does not divide rows of %d) for %s",
             method,

@@ -51,6 +51,7 @@ class GPTQConfig(MethodConfig):
     name = "gptq"
     bits: int = 4
     group_size: int | None = 128
+    strict_groups: bool = False
     symmetric: bool = False
     act_order: bool = True
     damp: float = 0.01
@@ -104,7 +105,7 @@ def _gptq(model: nn.Module, config: GPTQConfig, ctx: CompressContext) -> nn.Modu
     targets = list(select_modules(model, types, config.include, config.exclude))
     if not targets:
         raise ConfigError("gptq: no layer matched include/exclude")
-    log_group_fallbacks("gptq", targets, config.group_size)
+    log_group_fallbacks("gptq", targets, config.group_size, config.strict_groups)
     tied = tied_weight_ids(model)
     rtn = [(n, m) for n, m in targets if not isinstance(m, nn.Linear) or id(m.weight) in tied]
     hessian_layers = {n: m for n, m in targets if (n, m) not in rtn}

@@ -96,6 +96,7 @@ class MixedPrecisionConfig(MethodConfig):
     avg_bits: float | None = 4.0
     max_loss_increase: float | None = None
     group_size: int | None = 128
+    strict_groups: bool = False
     symmetric: bool = False
     embeddings: bool = True
     pin: tuple[tuple[str, int], ...] = ()
@@ -177,7 +178,7 @@ def quantizable_weights(model: nn.Module, config: MixedPrecisionConfig) -> list[
     targets = select_modules(model, types, config.include, config.exclude)
     if not targets:
         raise ConfigError("mixed-precision: no layer to quantize (check include/exclude)")
-    log_group_fallbacks("mixed-precision", targets, config.group_size)
+    log_group_fallbacks("mixed-precision", targets, config.group_size, config.strict_groups)
     by_weight: dict[int, LayerSensitivity] = {}
     for name, mod in targets:
         entry = by_weight.get(id(mod.weight))

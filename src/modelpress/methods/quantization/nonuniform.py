@@ -84,6 +84,7 @@ class NonUniformConfig(MethodConfig):
     kind: str = "nf4"
     bits: int = 4
     group_size: int = 64
+    strict_groups: bool = False
     codebook_dtype: str = "float16"
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
@@ -145,7 +146,7 @@ def _nonuniform(model: nn.Module, config: NonUniformConfig, ctx: CompressContext
     if not targets:
         raise ConfigError("nonuniform: no layer matched include/exclude")
     if config.kind == "nf4":
-        log_group_fallbacks("nf4", targets, config.group_size)
+        log_group_fallbacks("nf4", targets, config.group_size, config.strict_groups)
     shared: dict[int, Codebook] = {}
     for name, mod in tqdm(targets, desc=config.kind, disable=not ctx.progress, leave=False):
         w = mod.weight.detach()

@@ -54,6 +54,7 @@ class QATConfig(MethodConfig):
     name = "qat"
     bits: int = 4
     group_size: int | None = 128
+    strict_groups: bool = False
     symmetric: bool = False
     embeddings: bool = True
     learn_scale: bool = True
@@ -88,7 +89,7 @@ def prepare_fake_quant(model: nn.Module, config: QATConfig) -> list[WeightQuanti
     targets = select_modules(model, types, config.include, config.exclude)
     if not targets:
         raise ConfigError("qat: no layer to quantize (check include/exclude)")
-    log_group_fallbacks("qat", targets, config.group_size)
+    log_group_fallbacks("qat", targets, config.group_size, config.strict_groups)
     shared: dict[int, WeightQuantizer] = {}
     for name, mod in targets:
         quantizer = shared.get(id(mod.weight))

@@ -41,6 +41,7 @@ class WeightOnlyConfig(MethodConfig):
     name = "weight-only"
     bits: int = 4
     group_size: int | None = 128
+    strict_groups: bool = False
     symmetric: bool = False
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
@@ -61,7 +62,7 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContex
     targets = select_modules(model, types, config.include, config.exclude)
     if not targets:
         raise ConfigError("weight-only: no layer to quantize (check include/exclude)")
-    log_group_fallbacks("weight-only", targets, config.group_size)
+    log_group_fallbacks("weight-only", targets, config.group_size, config.strict_groups)
     shared: dict[int, AffineQuantized] = {}
     for name, mod in tqdm(targets, desc=f"int{config.bits} RTN", disable=not ctx.progress, leave=False):
         fmt = shared.get(id(mod.weight))
