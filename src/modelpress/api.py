@@ -22,7 +22,9 @@ import copy
 import json
 import logging
 import os
+import secrets
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from torch import nn
 
 from . import methods as _methods  # noqa: F401 - registers the built-in methods
 from .errors import ArtifactError, ConfigError, ModelpressError
+from .formats.base import CompressedTensor
 from .methods.base import HANDLERS, PRESETS, CompressContext, MethodConfig
 from .models import lenet as _lenet  # noqa: F401 - registers the built-in architectures
 from .models.architectures import apply_structure, build_base, describe_base, describe_structure
@@ -143,12 +146,26 @@ def _collect(
     model: nn.Module,
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
     """Unique tensors to write, specs of every key, aliases (tied key -> stored key), and
-    compressed module entries."""
+    compressed module entries.
+
+    The state dict holds the in-memory layout; each format's fields are replaced, in place
+    (same key order), by its stored layout (``to_storage``), computed once per format object
+    so that tied modules, which share one format, yield the very same tensors (stored once).
+    """
+    state = model.state_dict()
+    stored_of: dict[int, dict[str, torch.Tensor]] = {}
+    for prefix, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(mod, CompressedTensor) and prefix:
+            stored = stored_of.get(id(mod))
+            if stored is None:
+                stored = stored_of[id(mod)] = mod.to_storage()
+            for field, t in stored.items():
+                state[f"{prefix}.{field}"] = t
     tensors: dict[str, torch.Tensor] = {}
     specs: dict[str, dict[str, Any]] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
-    for key, t in model.state_dict().items():
+    for key, t in state.items():
         if t.device.type == "meta":
             raise ModelpressError(f"cannot save: tensor '{key}' has no data (meta device)")
         specs[key] = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
@@ -171,16 +188,129 @@ def _rebuilt_buffers(model: nn.Module, specs: dict[str, Any]) -> dict[str, str]:
     return {n: _dtype_name(b.dtype) for n, b in model.named_buffers() if n not in specs}
 
 
+# What a directory written by ``save`` (and ``modelpress compress``: tokenizer/) may hold;
+# anything else in it is the user's, and ``save`` refuses to replace such a directory.
+ARTIFACT_ENTRIES = frozenset({WEIGHTS_FILE, MANIFEST_FILE, "tokenizer"})
+
+
+def _is_artifact(path: Path) -> bool:
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+
+
+def _check_target(path: Path) -> None:
+    """``save`` writes into a new or empty directory, or replaces a modelpress artifact
+    that holds nothing else; anything else is refused, never deleted."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise ModelpressError(f"refusing to write an artifact at {path}: it exists and is not a directory")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    if not _is_artifact(path):
+        raise ModelpressError(
+            f"refusing to overwrite {path}: it is not empty and not a modelpress artifact "
+            f"(holds {', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}); choose another directory"
+        )
+    foreign = [e for e in entries if e not in ARTIFACT_ENTRIES]
+    if foreign:
+        raise ModelpressError(
+            f"refusing to overwrite the artifact at {path}: it also holds files modelpress did not "
+            f"write ({', '.join(foreign[:5])}); move them away or choose another directory"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted_save(path: str | os.PathLike) -> list[str]:
+    """Clean up after a ``save`` of ``path`` that was killed: a finished artifact parked as
+    ``.NAME.old-*`` while the path is empty is moved back; temporary ``.NAME.tmp-*`` and
+    stale ``.NAME.old-*`` directories of processes that are gone are removed. Returns what
+    was done (also logged); ``save`` and ``load`` call this first."""
+    path = Path(path)
+    done: list[str] = []
+    parent = path.parent
+    if not parent.is_dir():
+        return done
+    for leftover in sorted(parent.glob(f".{path.name}.*-*")):
+        kind, _, rest = leftover.name[len(path.name) + 2 :].partition("-")
+        pid_s = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid_s.isdigit() or not leftover.is_dir():
+            continue
+        if int(pid_s) != os.getpid() and _pid_alive(int(pid_s)):
+            continue  # another save is at work
+        if kind == "old" and not path.exists() and _is_artifact(leftover):
+            leftover.rename(path)
+            done.append(f"recovered the artifact at {path} from an interrupted save")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            done.append(f"removed {leftover.name}, left by an interrupted save")
+    for msg in done:
+        log.warning("%s", msg)
+    return done
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux ``renameat2(RENAME_EXCHANGE)``); ``False``
+    where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_file(path: Path, write: Any) -> None:
+    write(path)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` to the directory ``path`` (``model.safetensors`` + ``manifest.json``).
 
-    Written to a temporary sibling directory first and renamed into place, so a failure
-    leaves no half-written artifact. An existing artifact at ``path`` is replaced; any other
-    existing non-empty directory is refused.
+    ``path`` must be new, empty, or a modelpress artifact holding nothing else (which is
+    replaced); anything else is refused and left as it is. The artifact is built in a
+    temporary sibling directory, synced, and swapped in by one atomic rename (Linux: an
+    exchange of the two directories), so a kill at any instant leaves the old complete
+    artifact or the new one at ``path``; leftovers of a killed save are cleaned (or the old
+    artifact recovered) by the next ``save`` or ``load``.
     """
     path = Path(path)
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST_FILE).exists())):
-        raise ModelpressError(f"refusing to overwrite {path}: it exists and is not a modelpress artifact")
+    recover_interrupted_save(path)
+    _check_target(path)
     tensors, specs, aliases, modules = _collect(model)
     base = describe_base(model)
     manifest = {
@@ -199,20 +329,34 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "rebuilt_buffers": _rebuilt_buffers(model, specs),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.parent / f".{path.name}.tmp-{token}"
     try:
         tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": FORMAT_NAME})
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str))
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
+        _write_file(
+            tmp / WEIGHTS_FILE,
+            # one metadata key: safetensors writes a map in no fixed order
+            lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        )
+        _write_file(tmp / MANIFEST_FILE, lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
+        _fsync_dir(tmp)
+        if path.exists() and any(path.iterdir()):
+            if _exchange(tmp, path):  # tmp now holds the old artifact
+                _fsync_dir(path.parent)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return path
+            # no atomic exchange here: park the old artifact; a kill before the second
+            # rename is undone by recover_interrupted_save
+            old = path.parent / f".{path.name}.old-{token}"
             path.rename(old)
             tmp.rename(path)
+            _fsync_dir(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            if path.exists():
+                path.rmdir()  # empty
             tmp.rename(path)
+            _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -324,9 +468,46 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(mod_name) if mod_name else model), attr
 
 
+def _install_formats(
+    model: nn.Module, state: dict[str, torch.Tensor], aliases: dict[str, str], path: Path
+) -> set[str]:
+    """Hand each format the stored tensors of its fields (``from_storage``) and put its
+    in-memory tensors into ``state`` for ``load_state_dict``. A format whose every field is
+    an alias of one other format's fields (a tied LM head) becomes that very format object,
+    as it was in memory before ``save``. Returns the prefixes of such shared formats."""
+    formats = {n: m for n, m in model.named_modules() if n and isinstance(m, CompressedTensor)}
+    loaded: dict[str, CompressedTensor] = {}
+    shared: set[str] = set()
+    for prefix, fmt in formats.items():
+        keys = [k for k in state if k.rpartition(".")[0] == prefix]
+        owners = {aliases[k].rpartition(".")[0] for k in keys if k in aliases}
+        if keys and all(k in aliases for k in keys) and len(owners) == 1:
+            (owner,) = owners
+            same_fields = {k.rpartition(".")[2] for k in keys} == {
+                k.rpartition(".")[2] for k in state if k.rpartition(".")[0] == owner
+            }
+            if owner in loaded and same_fields and type(loaded[owner]) is type(fmt):
+                _set_submodule(model, prefix, loaded[owner])
+                shared.add(prefix)
+                for k in keys:
+                    state[k] = loaded[owner]._buffers[k.rpartition(".")[2]]
+                continue
+        try:
+            fmt.from_storage({k.rpartition(".")[2]: state[k] for k in keys})
+        except (ValueError, RuntimeError) as e:
+            raise ArtifactError(
+                f"{path}: the stored tensors of '{prefix}' do not fit its format: {e}"
+            ) from None
+        loaded[prefix] = fmt
+        for field, t in fmt.named_buffers(recurse=False):
+            state[f"{prefix}.{field}"] = t
+    return shared
+
+
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by ``save``; fails with one clear sentence on a bad artifact."""
     path = Path(path)
+    recover_interrupted_save(path)
     manifest = _read_manifest(path)
     specs = _specs(manifest)
     aliases: dict[str, str] = dict(manifest["aliases"])
@@ -348,6 +529,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         if target not in tensors:
             raise ArtifactError(f"manifest aliases '{alias}' to '{target}', which is not stored")
         state[alias] = tensors[target]
+    shared = _install_formats(model, state, aliases, path)
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:
@@ -359,6 +541,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         )
     # Tied tensors: make the alias the very same Parameter/buffer object as its target.
     for alias, target in aliases.items():
+        if alias.rpartition(".")[0] in shared:
+            continue  # a tied module's format: the very same object already
         (m_a, a_name), (m_t, t_name) = _owner(model, alias), _owner(model, target)
         obj = m_t._parameters.get(t_name) if t_name in m_t._parameters else m_t._buffers.get(t_name)
         if a_name in m_a._parameters:

@@ -9,9 +9,9 @@ from modelpress.nn.decoded import wrap_decoded
 
 
 def _roundtrip(f: SparseTensor) -> SparseTensor:
-    sd = f.state_dict()
+    sd = f.to_storage()
     g = SparseTensor.from_manifest(f.to_manifest(), {k: (tuple(v.shape), v.dtype) for k, v in sd.items()})
-    g.load_state_dict(sd, assign=True)
+    g.from_storage(sd)
     return g
 
 

@@ -42,9 +42,9 @@ def test_in_scale_decodes_and_roundtrips(tmp_path):
     ref = dequantize(q, sc, z, group_size=16) / s
     torch.testing.assert_close(f.decode(), ref)
     torch.testing.assert_close(f.decode_rows(torch.tensor([3, 1])), ref[[3, 1]])
-    sd = f.state_dict()
+    sd = f.to_storage()
     g = AffineQuantized.from_manifest(f.to_manifest(), {k: (tuple(v.shape), v.dtype) for k, v in sd.items()})
-    g.load_state_dict(sd, assign=True)
+    g.from_storage(sd)
     assert torch.equal(g.decode(), f.decode())
 
 

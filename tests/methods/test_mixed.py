@@ -13,7 +13,6 @@ from modelpress.methods.quantization.mixed import (
     choose_bits,
     measure_sensitivity,
     quantizable_weights,
-    stored_nbytes,
 )
 from modelpress.models.classification import TextClassificationTask
 from modelpress.models.sources import local_source
@@ -38,7 +37,7 @@ def _formats(model: nn.Module) -> dict[str, AffineQuantized]:
 
 def _avg_stored_bits(model: nn.Module) -> float:
     unique = {id(f): f for f in _formats(model).values()}.values()
-    return 8 * sum(stored_nbytes(f) for f in unique) / sum(f.numel() for f in unique)
+    return 8 * sum(f.stored_nbytes() for f in unique) / sum(f.numel() for f in unique)
 
 
 def test_sensitivity_is_measured_per_layer(tiny_task):

@@ -135,26 +135,16 @@ class AffineQuantized(CompressedTensor):
         return {"bits": self.bits, "group_size": self.group_size}
 
     # -- storage <-> memory (below 8 bits) ------------------------------------------------
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.bits < 8:
+    def to_storage(self) -> dict[str, torch.Tensor]:
+        out = super().to_storage()
+        if self.bits < 8:  # exactly ``bits`` bits per code on disk
             qmin, _ = qrange(self.bits, self.symmetric)
-            key = (id(self.qdata), self.qdata._version)
-            cached = getattr(self, "_stored", None)
-            if cached is None or cached[0] != key:  # same tensor for tied users: stored once
-                cached = (key, pack_bits((self.int_values() - qmin).reshape(-1), self.bits))
-                self._stored = cached
-            destination[prefix + "qdata"] = cached[1]
+            out["qdata"] = pack_bits((self.int_values() - qmin).reshape(-1), self.bits)
+        return out
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        key = prefix + "qdata"
-        if self.bits < 8 and key in state_dict:
-            stored = state_dict[key]
-            if container_bits(self.bits) == self.bits:
-                rt = stored  # the stored stream is the in-memory layout already
-            else:
-                rt = stream_to_container(stored.cpu(), self.bits, self.shape.numel()).to(stored.device)
-            self._buffers["qdata"] = rt
-            state_dict = dict(state_dict)
-            state_dict[key] = rt
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+    def from_storage(self, stored: dict[str, torch.Tensor]) -> None:
+        stored = dict(stored)
+        if self.bits < 8 and "qdata" in stored and container_bits(self.bits) != self.bits:
+            q = stored["qdata"]  # 3-bit stream -> nibbles; 2- and 4-bit streams are the containers
+            stored["qdata"] = stream_to_container(q.cpu(), self.bits, self.shape.numel()).to(q.device)
+        super().from_storage(stored)

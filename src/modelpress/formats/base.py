@@ -73,8 +73,40 @@ class CompressedTensor(nn.Module):
         return int(self.shape.numel())
 
     def nbytes(self) -> int:
-        """Bytes of the stored fields (what this tensor costs in memory and on disk)."""
+        """Bytes of the fields in memory (their in-memory layout)."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    # -- storage <-> memory ------------------------------------------------------------
+    # ``save`` writes ``to_storage()`` and ``load`` hands the tensors it read to
+    # ``from_storage``; nothing else converts. ``state_dict()`` is the in-memory layout.
+    # A format whose stored layout differs from its in-memory one (bit streams, entropy-coded
+    # codes) overrides both; formats are treated as immutable once built (code that edits a
+    # format's tensors in place calls ``invalidate``).
+
+    def to_storage(self) -> dict[str, torch.Tensor]:
+        """The tensors as written to disk, by field name (default: the fields as they are)."""
+        return {name: b for name, b in self.named_buffers(recurse=False)}
+
+    def from_storage(self, stored: dict[str, torch.Tensor]) -> None:
+        """Install the tensors read from disk (``to_storage``'s layout) as this format's
+        fields. Raises ``ValueError`` when they do not fit the format's metadata."""
+        for name, t in stored.items():
+            self._buffers[name] = t
+        self.invalidate()
+
+    def stored_nbytes(self) -> int:
+        """Bytes this format writes to disk (what its size on disk counts)."""
+        return sum(t.numel() * t.element_size() for t in self.to_storage().values())
+
+    def invalidate(self) -> None:
+        """Drop what was derived from the tensors: kernels' prepared copies (``kernels``),
+        a cached stored layout, a format's own derived tensors (``_derived``)."""
+        for attr in ("_kernel_state", "_stored", "_derived"):
+            self.__dict__.pop(attr, None)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # .to(), .half() ...
+        self.invalidate()
+        return super()._apply(fn, recurse)
 
     def to_manifest(self) -> dict[str, Any]:
         return {

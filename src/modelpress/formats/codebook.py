@@ -25,7 +25,7 @@ Huffman-coded relative indices achieve; manifests without ``mask_coding`` read a
 ``packed``). In memory
 codes sit in 1-, 2-, 4- or 8-bit containers (``primitives.bitpack``; for 1, 2, 4 and 8
 bits that is the stored stream itself, 3-bit codes take nibbles, 5- to 7-bit codes bytes),
-rebuilt after load by ``_load_from_state_dict``; the mask is a bool tensor.
+rebuilt after load by ``from_storage``; the mask is a bool tensor.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from ..primitives.bitpack import (
     container_rows,
     from_container,
     pack_bits,
-    packed_nbytes,
     stream_to_container,
     to_container,
     unpack_bits,
 )
+from ..primitives.entropy import zstd_decode, zstd_encode
 from .base import CompressedTensor, register_format
 
 __all__ = ["GRANULARITIES", "Codebook", "decode_in_row_chunks"]
@@ -245,87 +245,36 @@ class Codebook(CompressedTensor):
             "n_codes": self.n_codes,
         }
 
-    def stored_codes(self) -> torch.Tensor:
-        """The codes as written to disk (cached while the codes are unchanged, so a format
-        shared by tied modules yields the very same tensor and is stored once)."""
-        key = (id(self.codes), self.codes._version)
-        cached = getattr(self, "_stored", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        codes = self.code_values()
-        if self.coding == "packed":
-            out = pack_bits(codes, self.bits)
-        else:
-            import zstandard
+    def to_storage(self) -> dict[str, torch.Tensor]:
+        """Codes as a ``bits``-bit stream (or its zstd coding), the mask as a 1-bit stream
+        (or its zstd coding). Computed once per format (zstd level 19 is slow) and kept
+        until ``invalidate``."""
+        cached = self.__dict__.get("_stored")
+        if cached is None:
+            cached = super().to_storage()
+            codes = self.code_values()
+            packed = pack_bits(codes, self.bits)
+            cached["codes"] = packed if self.coding == "packed" else zstd_encode(codes)
+            if self.mask is not None:
+                mask = pack_bits(self.mask.reshape(-1).to(torch.uint8), 1)
+                cached["mask"] = mask if self.mask_coding == "packed" else zstd_encode(mask)
+            self.__dict__["_stored"] = cached
+        return dict(cached)
 
-            blob = zstandard.ZstdCompressor(level=19).compress(codes.cpu().numpy().tobytes())
-            out = torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()
-        self._stored = (key, out)
-        return out
-
-    def stored_mask(self) -> torch.Tensor | None:
-        if self.mask is None:
-            return None
-        key = (id(self.mask), self.mask._version, self.mask_coding)
-        cached = getattr(self, "_stored_mask", None)
-        if cached is None or cached[0] != key:
-            packed = pack_bits(self.mask.reshape(-1).to(torch.uint8), 1)
+    def from_storage(self, stored: dict[str, torch.Tensor]) -> None:
+        stored = dict(stored)
+        if "codes" in stored:
+            c = stored["codes"]
+            if self.coding == "zstd":
+                codes = zstd_decode(c, self.n_codes).to(c.device)
+                stored["codes"] = to_container(codes, self.bits)
+            elif container_bits(self.bits) != self.bits:
+                stored["codes"] = stream_to_container(c.cpu(), self.bits, self.n_codes).to(c.device)
+            # else: the stored stream is the in-memory layout already
+        if "mask" in stored:
+            m = stored["mask"]
+            packed = m.cpu()
             if self.mask_coding == "zstd":
-                import zstandard
-
-                blob = zstandard.ZstdCompressor(level=19).compress(packed.cpu().numpy().tobytes())
-                packed = torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()
-            cached = (key, packed)
-            self._stored_mask = cached
-        return cached[1]
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "codes"] = self.stored_codes()
-        if self.mask is not None:
-            destination[prefix + "mask"] = self.stored_mask()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        key, mkey = prefix + "codes", prefix + "mask"
-        if key in state_dict:
-            stored = state_dict[key]
-            rt = None
-            if self.coding == "packed" and container_bits(self.bits) == self.bits:
-                rt = stored  # the stored stream is the in-memory layout already
-            elif self.coding == "packed":
-                rt = stream_to_container(stored.cpu(), self.bits, self.n_codes).to(stored.device)
-            else:
-                import zstandard
-
-                raw = zstandard.ZstdDecompressor().decompress(stored.cpu().numpy().tobytes())
-                codes = torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
-                if codes.numel() != self.n_codes:
-                    raise ValueError(f"{key}: decoded {codes.numel()} codes, expected {self.n_codes}")
-            state_dict = dict(state_dict)
-            # the in-memory layout differs in shape from the stored one: install it first,
-            # then let the default loader assign / copy the same tensor
-            if rt is None:
-                rt = to_container(codes, self.bits).to(stored.device)
-            self._buffers["codes"] = rt
-            state_dict[key] = rt
-            if mkey in state_dict and self.mask is not None:
-                packed = state_dict[mkey].cpu()
-                if self.mask_coding == "zstd":
-                    import zstandard
-
-                    raw = zstandard.ZstdDecompressor().decompress(packed.numpy().tobytes())
-                    packed = torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
-                m = unpack_bits(packed, 1, self.shape.numel()).bool().to(stored.device)
-                self._buffers["mask"] = m
-                state_dict[mkey] = m
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
-
-    def stored_nbytes(self) -> int:
-        n = packed_nbytes(self.n_codes, self.bits) if self.coding == "packed" else self.stored_codes().numel()
-        n += self.codebook.numel() * self.codebook.element_size()
-        if self.scale is not None:
-            n += self.scale.numel() * self.scale.element_size()
-        if self.mask is not None:
-            packed = self.mask_coding == "packed"
-            n += packed_nbytes(self.shape.numel(), 1) if packed else self.stored_mask().numel()
-        return n
+                packed = zstd_decode(packed, (self.shape.numel() + 7) // 8)
+            stored["mask"] = unpack_bits(packed, 1, self.shape.numel()).bool().to(m.device)
+        super().from_storage(stored)

@@ -52,21 +52,12 @@ class ProductQuantized(CompressedTensor):
     def meta(self) -> dict[str, Any]:
         return {"bits": self.bits, "dim": self.dim}
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        key = (id(self.codes), self.codes._version)
-        cached = getattr(self, "_stored", None)
-        if cached is None or cached[0] != key:
-            cached = (key, pack_bits(self.codes, self.bits))
-            self._stored = cached
-        destination[prefix + "codes"] = cached[1]
+    def to_storage(self) -> dict[str, torch.Tensor]:
+        return {**super().to_storage(), "codes": pack_bits(self.codes, self.bits)}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        key = prefix + "codes"
-        if key in state_dict:
-            stored = state_dict[key]
-            rt = unpack_bits(stored.cpu(), self.bits, self.n_codes).to(stored.device)
-            self._buffers["codes"] = rt
-            state_dict = dict(state_dict)
-            state_dict[key] = rt
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+    def from_storage(self, stored: dict[str, torch.Tensor]) -> None:
+        stored = dict(stored)
+        if "codes" in stored:
+            c = stored["codes"]
+            stored["codes"] = unpack_bits(c.cpu(), self.bits, self.n_codes).to(c.device)
+        super().from_storage(stored)

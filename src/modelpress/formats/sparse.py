@@ -73,7 +73,6 @@ class SparseTensor(CompressedTensor):
         self.n_values = int(values.shape[0]) if n_values is None else int(n_values)
         self.rows = int(self.shape[0])
         self.cols = int(self.shape.numel() // max(1, self.rows))
-        self._offsets: tuple[tuple[int, int], torch.Tensor] | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -139,13 +138,14 @@ class SparseTensor(CompressedTensor):
         return out.reshape(self.shape)
 
     def _row_offsets(self) -> torch.Tensor:
-        """``(rows + 1,)`` start of each row's values (bitmask only), cached."""
-        key = (id(self.index), self.index._version)
-        if self._offsets is None or self._offsets[0] != key:
+        """``(rows + 1,)`` start of each row's values (bitmask only), kept until ``invalidate``."""
+        offsets = self.__dict__.get("_derived")
+        if offsets is None:
             m = unpack_bits(self.index, 1, self.shape.numel()).reshape(self.rows, self.cols)
             counts = m.sum(1, dtype=torch.int64)
-            self._offsets = (key, torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]))
-        return self._offsets[1]
+            offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+            self.__dict__["_derived"] = offsets
+        return offsets
 
     def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Only the given rows, ``(len(rows), cols)`` (an embedding lookup)."""
@@ -164,9 +164,6 @@ class SparseTensor(CompressedTensor):
     # -- storage ------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         return {"index_kind": self.index_kind, "n_values": self.n_values}
-
-    def stored_nbytes(self) -> int:
-        return self.nbytes()
 
     def extra_repr(self) -> str:
         density = self.n_values / max(1, self.shape.numel())

@@ -54,7 +54,6 @@ __all__ = [
     "choose_bits",
     "measure_sensitivity",
     "quantizable_weights",
-    "stored_nbytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,11 +166,6 @@ class LayerSensitivity:
     nbytes: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
-def stored_nbytes(fmt: AffineQuantized) -> int:
-    """Bytes the format writes to disk (packed codes, scales, zero points)."""
-    return sum(t.numel() * t.element_size() for t in fmt.state_dict().values())
-
-
 def quantizable_weights(model: nn.Module, config: MixedPrecisionConfig) -> list[LayerSensitivity]:
     """The selected weights, one entry per distinct weight tensor (tied layers share one)."""
     types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
@@ -227,7 +221,7 @@ def measure_sensitivity(
             originals = {n: model.get_submodule(n) for n in layer.modules}
             for b in widths[layer.name]:
                 fmt = _encode(model, layer, b, symmetric)
-                layer.nbytes[b] = stored_nbytes(fmt)
+                layer.nbytes[b] = fmt.stored_nbytes()
                 try:
                     for n, mod in originals.items():  # only this weight quantized, as it will be stored
                         replace_module(model, n, wrap_decoded(mod, fmt))
@@ -333,7 +327,7 @@ def _apply(
 ) -> None:
     for layer in layers:
         fmt = _encode(model, layer, bits[layer.name], symmetric)
-        layer.nbytes.setdefault(bits[layer.name], stored_nbytes(fmt))
+        layer.nbytes.setdefault(bits[layer.name], fmt.stored_nbytes())
         for n in layer.modules:
             replace_module(model, n, wrap_decoded(model.get_submodule(n), fmt))
 
