@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import modelpress as mp
+from modelpress import kernels
 from modelpress.methods.base import HANDLERS, CompressContext
 from modelpress.methods.quantization import StaticInt8Config
 from modelpress.models.classification import TextClassificationTask
@@ -145,7 +146,8 @@ def test_static_linear_float_fallback(monkeypatch):
     scale, zp = act_qparams(-3.0, 2.5, False)
     q = Int8StaticLinear.from_float(lin, scale, zp, act_symmetric=False)
     fast = q(x)
-    monkeypatch.setattr("modelpress.nn.int8.int_mm_available", lambda *a: False)
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear_a8_static=reference")
+    assert kernels.chosen("linear_a8_static", q.weight, torch.zeros(5, 32, dtype=torch.int8)).name == "reference"
     torch.testing.assert_close(q(x), fast, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(q(x), _reference(lin, q, x, False), rtol=1e-5, atol=1e-5)
     assert q(torch.randn(0, 32)).shape == (0, 16)

@@ -1,4 +1,5 @@
-"""Modules that hold a compressed weight and decode it at each call.
+"""Modules that hold a compressed weight and compute through the kernel seam (``kernels``),
+whose reference kernels decode it at each call.
 
 Format-agnostic: any ``CompressedTensor`` (a codebook, packed low-bit integers ...) works.
 Memory holds only the compressed fields; the dense weight exists only during the call
@@ -13,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..formats.base import CompressedTensor
 from .base import CompressedModule, register_module
 
@@ -46,7 +47,7 @@ class DecodedLinear(CompressedModule):
         return cls(w, torch.empty(w.shape[0]) if args.get("bias") else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.decode(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return kernels.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -76,13 +77,7 @@ class DecodedEmbedding(CompressedModule):
         return cls(formats["weight"], args.get("padding_idx"))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        decode_rows = getattr(self.weight, "decode_rows", None)
-        if decode_rows is None:
-            return F.embedding(ids, self.weight.decode())
-        flat = ids.reshape(-1)
-        uniq, inverse = torch.unique(flat, return_inverse=True)
-        rows = decode_rows(uniq)  # (unique ids, dim): decode each needed row once
-        return rows[inverse].reshape(*ids.shape, self.embedding_dim)
+        return kernels.embedding(ids, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
@@ -99,7 +94,8 @@ class DecodedConv(CompressedModule):
         self.weight = weight
         self.bias = nn.Parameter(bias) if bias is not None else None
         self.conv = dict(conv)
-        self._fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(weight.shape) - 2]
+        if len(weight.shape) not in (3, 4, 5):
+            raise ValueError(f"a conv kernel has 3 to 5 dims, got shape {tuple(weight.shape)}")
 
     @classmethod
     def wrap(cls, conv: nn.Module, weight: CompressedTensor) -> DecodedConv:
@@ -125,9 +121,8 @@ class DecodedConv(CompressedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         pad = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return self._fn(
-            x, self.weight.decode(x.dtype), bias, tuple(c["stride"]), pad, tuple(c["dilation"]), c["groups"]
+        return kernels.conv(
+            x, self.weight, self.bias, tuple(c["stride"]), pad, tuple(c["dilation"]), c["groups"]
         )
 
 

@@ -1,10 +1,10 @@
 """INT8 modules: dynamic-activation Linear (W8A8) and weight-only Embedding.
 
 ``Int8DynamicLinear`` quantizes each input row (token) to INT8 on the fly, multiplies with
-per-output-channel INT8 weights through ``torch._int_mm`` (an int8 x int8 -> int32 GEMM that
-torch provides on CPU and CUDA) and rescales. Where ``_int_mm`` cannot run (CUDA with
-M <= 16 or K, N not multiples of 8), it falls back to the float matmul on decoded weights,
-which gives the same result up to float rounding.
+per-output-channel INT8 weights and rescales, through the ``linear_a8`` kernel op
+(``kernels/int8.py``: ``torch._int_mm``, an int8 x int8 -> int32 GEMM on CPU and CUDA).
+Where ``_int_mm`` cannot run (CUDA with M <= 16 or K, N not multiples of 8), the reference
+kernel computes the float matmul on decoded weights, the same result up to float rounding.
 
 ``Int8SmoothLinear`` is the dynamic layer with SmoothQuant's per-input-channel divisor
 applied to its input at run time (Xiao et al., arXiv 2211.10438). ``Int8StaticLinear``
@@ -17,24 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..formats.affine import AffineQuantized
 from ..formats.base import CompressedTensor
+from ..kernels import int_mm_available
 from ..primitives.activation import act_qrange, quantize_act_int8
-from ..primitives.quant import quantize_per_token_int8
 from .base import CompressedModule, register_module
 
 __all__ = ["Int8DynamicLinear", "Int8Embedding", "Int8SmoothLinear", "Int8StaticLinear", "int_mm_available"]
-
-
-def int_mm_available(m: int, k: int, n: int, device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return m > 16 and k % 8 == 0 and n % 8 == 0
-    return False
 
 
 @register_module
@@ -70,19 +62,7 @@ class Int8DynamicLinear(CompressedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        m = x2.shape[0]
-        if m == 0 or not int_mm_available(m, self.in_features, self.out_features, x.device):
-            y = F.linear(x2.float(), self.weight.decode(), self.bias)
-            return y.to(x.dtype).reshape(*lead, self.out_features)
-        xq, xs = quantize_per_token_int8(x2)
-        # (m, in) int8 @ (in, out) int8 -> (m, out) int32; the transposed view is what the
-        # CPU kernel wants (column-major B), no copy needed.
-        acc = torch._int_mm(xq, self.weight.qdata.t())
-        # rescale: (m, out) int32 * (m, 1) -> float32 in one pass, then * (1, out) [+ bias]
-        y = torch.mul(acc, xs).mul_(self.weight.scale.reshape(1, -1))
-        if self.bias is not None:
-            y.add_(self.bias)
+        y = kernels.linear_a8(x.reshape(-1, self.in_features), self.weight, self.bias)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -164,7 +144,6 @@ class Int8StaticLinear(CompressedModule):
         self.act_symmetric = bool(act_symmetric)
         self.register_buffer("act_scale", act_scale.reshape(1).float())  # (1,) s_x
         self.register_buffer("act_zero_point", act_zero_point.reshape(1).to(torch.int32))  # (1,) z_x
-        self._wsum: torch.Tensor | None = None  # (out,) int32 rowsum(Wq), rebuilt on demand
 
     @classmethod
     def from_float(
@@ -207,30 +186,12 @@ class Int8StaticLinear(CompressedModule):
         """(tokens, in) float -> (tokens, in) int8 with the static scale and zero point."""
         return quantize_act_int8(x2, self.act_scale, self.act_zero_point, self.act_symmetric)
 
-    def _weight_rowsum(self) -> torch.Tensor:
-        q = self.weight.qdata
-        key = (q.data_ptr(), q.device, q._version)
-        if self._wsum is None or getattr(self, "_wsum_key", None) != key:
-            self._wsum = q.sum(dim=1, dtype=torch.int32)  # (out,)
-            self._wsum_key = key
-        return self._wsum
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        m = x2.shape[0]
-        xq = self.quantize_input(x2)
-        if m == 0 or not int_mm_available(m, self.in_features, self.out_features, x.device):
-            xd = (xq.float() - self.act_zero_point.float()) * self.act_scale
-            y = F.linear(xd, self.weight.decode(), self.bias)
-            return y.to(x.dtype).reshape(*lead, self.out_features)
-        acc = torch._int_mm(xq, self.weight.qdata.t())  # (m, out) int32
-        if not self.act_symmetric:
-            acc = acc - self.act_zero_point * self._weight_rowsum()  # exact: |acc| << 2^31
-        # (m, out) int32 * (1, out) combined scale -> float32 [+ bias]
-        y = torch.mul(acc, self.weight.scale.reshape(1, -1) * self.act_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
+        xq = self.quantize_input(x.reshape(-1, self.in_features))
+        y = kernels.linear_a8_static(
+            xq, self.weight, self.bias, self.act_scale, self.act_zero_point, self.act_symmetric
+        )
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -269,8 +230,7 @@ class Int8Embedding(CompressedModule):
         return cls(w, args.get("padding_idx"))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(ids, self.weight.qdata).to(torch.float32)  # (..., dim)
-        return rows.mul_(F.embedding(ids, self.weight.scale))  # (..., 1) per-row scale
+        return kernels.embedding(ids, self.weight)  # int8 rows times their per-row scale
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"

@@ -1,5 +1,6 @@
-"""The one fine-tuning loop."""
+"""The one fine-tuning loop, and what methods that train share."""
 
+from .helpers import finetune_on_task, grads_on
 from .loop import Checkpointing, FitResult, TrainConfig, fit, seed_everything
 
-__all__ = ["Checkpointing", "FitResult", "TrainConfig", "fit", "seed_everything"]
+__all__ = ["Checkpointing", "FitResult", "TrainConfig", "fit", "finetune_on_task", "grads_on", "seed_everything"]

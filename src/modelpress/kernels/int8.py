@@ -1,0 +1,99 @@
+"""INT8 kernels: ``torch._int_mm`` (int8 x int8 -> int32 GEMM, on CPU and CUDA) for
+dynamic and static W8A8 linears, and a gather of int8 rows for embeddings.
+
+``_int_mm`` is fast with AVX512-VNNI / AMX, and about 10x slower than the fp32 matmul on
+AVX2-only CPUs; choosing per machine is the next issue's dispatcher.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..formats.affine import AffineQuantized
+from ..formats.base import CompressedTensor
+from ..primitives.quant import quantize_per_token_int8
+from .dispatch import Kernel, register_kernel
+
+__all__ = ["int_mm_available"]
+
+
+def int_mm_available(m: int, k: int, n: int, device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` runs an (m, k) x (k, n) product on ``device``."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return m > 16 and k % 8 == 0 and n % 8 == 0
+    return False
+
+
+def _plain_int8(fmt: CompressedTensor) -> bool:
+    """Symmetric 8-bit, one scale per row, no AWQ input scale."""
+    return (
+        isinstance(fmt, AffineQuantized)
+        and fmt.bits == 8
+        and fmt.symmetric
+        and fmt.group_size is None
+        and fmt.in_scale is None
+    )
+
+
+def _int_mm_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    if not _plain_int8(fmt):
+        return False
+    rows = x.numel() // max(1, int(fmt.shape[1]))
+    return rows > 0 and int_mm_available(rows, int(fmt.shape[1]), int(fmt.shape[0]), x.device)
+
+
+def _linear_a8(
+    state: None, x: torch.Tensor, fmt: AffineQuantized, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    xq, xs = quantize_per_token_int8(x)
+    # (m, in) int8 @ (in, out) int8 -> (m, out) int32; the transposed view is what the
+    # CPU kernel wants (column-major B), no copy needed.
+    acc = torch._int_mm(xq, fmt.qdata.t())
+    # rescale: (m, out) int32 * (m, 1) -> float32 in one pass, then * (1, out) [+ bias]
+    y = torch.mul(acc, xs).mul_(fmt.scale.reshape(1, -1))
+    if bias is not None:
+        y.add_(bias)
+    return y
+
+
+def _rowsum(fmt: CompressedTensor) -> torch.Tensor:
+    assert isinstance(fmt, AffineQuantized)
+    return fmt.qdata.sum(dim=1, dtype=torch.int32)  # (out,) rowsum(Wq), for the zero point
+
+
+def _linear_a8_static(
+    wsum: torch.Tensor,
+    xq: torch.Tensor,
+    fmt: AffineQuantized,
+    bias: torch.Tensor | None,
+    act_scale: torch.Tensor,
+    act_zero_point: torch.Tensor,
+    act_symmetric: bool,
+) -> torch.Tensor:
+    acc = torch._int_mm(xq, fmt.qdata.t())  # (m, out) int32
+    if not act_symmetric:
+        acc = acc - act_zero_point * wsum  # exact: |acc| << 2^31
+    # (m, out) int32 * (1, out) combined scale -> float32 [+ bias]
+    y = torch.mul(acc, fmt.scale.reshape(1, -1) * act_scale)
+    if bias is not None:
+        y.add_(bias)
+    return y
+
+
+def _gather_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    return _plain_int8(fmt)
+
+
+def _embedding(state: None, ids: torch.Tensor, fmt: AffineQuantized) -> torch.Tensor:
+    rows = F.embedding(ids, fmt.qdata).to(torch.float32)  # (..., dim)
+    return rows.mul_(F.embedding(ids, fmt.scale))  # (..., 1) per-row scale
+
+
+register_kernel(Kernel("int_mm", "linear_a8", ("affine",), _linear_a8, supports=_int_mm_ok))
+register_kernel(
+    Kernel("int_mm", "linear_a8_static", ("affine",), _linear_a8_static, prepare=_rowsum, supports=_int_mm_ok)
+)
+register_kernel(Kernel("int8_gather", "embedding", ("affine",), _embedding, supports=_gather_ok))
