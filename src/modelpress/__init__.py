@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .api import artifact_bytes, compress, load, recipe_of, save
+from .api import artifact_bytes, compress, compression_notes, load, recipe_of, save
 from .errors import ArtifactError, ConfigError, DataError, ModelpressError
 from .methods.base import CONFIGS, PRESETS, CompressContext, MethodConfig, register, register_config
 from .methods.baseline.cast import CastConfig
@@ -36,6 +36,7 @@ __all__ = [
     "__version__",
     "artifact_bytes",
     "compress",
+    "compression_notes",
     "load",
     "recipe_of",
     "register",

@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,16 @@ from .models.architectures import apply_structure, build_base, describe_base, de
 from .nn.base import MODULES, CompressedModule
 from .recipe import Recipe
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "compress", "load", "recipe_of", "save"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "compress",
+    "compression_notes",
+    "load",
+    "recipe_of",
+    "recover_interrupted_save",
+    "save",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 _RECIPE_ATTR = "_modelpress_recipe"
+_NOTES_ATTR = "_modelpress_notes"
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -92,8 +103,26 @@ def _as_recipe(obj: Recipe | MethodConfig | Sequence[MethodConfig] | str | os.Pa
             return Recipe.load(s)
         raise ConfigError(f"'{s}' is neither a benchmark method name nor a recipe file")
     if isinstance(obj, Sequence):
-        return Recipe(obj)
+        return Recipe(typing.cast(Sequence[MethodConfig], obj))
     raise ConfigError(f"expected a Recipe, a method config or a method name, got {type(obj).__name__}")
+
+
+def compression_notes(model: nn.Module) -> list[str]:
+    """What the methods applied to ``model`` by ``compress`` said the user should know
+    (layers left uncompressed and why, fallbacks ...), in order; empty for an original."""
+    return list(getattr(model, _NOTES_ATTR, []))
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device '{device}' (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' was asked for, but torch sees no CUDA device here")
+    return dev
 
 
 def compress(
@@ -109,19 +138,22 @@ def compress(
     """Apply a recipe (or one method config, or a benchmark method name) to ``model``.
 
     The input model is left untouched unless ``inplace=True``. ``data`` is the calibration /
-    training data a method needs (e.g. a task adapter's batches), ``teacher`` the teacher of
-    distillation methods. Returns the compressed model; ``save`` stores it.
+    training data a method needs (anything with ``batches`` and ``loss``, e.g. a task
+    adapter; ``data.calibration.CalibrationData``), ``teacher`` the teacher of distillation
+    methods. ``device``: where the methods run (the model and teacher are moved there
+    first; the result stays there; default: the CPU). Returns the compressed model;
+    ``save`` stores it, ``compression_notes(model)`` gives what the methods noted.
     """
     recipe = _as_recipe(recipe_or_config)
     previous = recipe_of(model)
+    notes = compression_notes(model)
+    dev = _device(device)
     if not inplace:
         model = copy.deepcopy(model)
-    ctx = CompressContext(
-        data=data,
-        teacher=teacher,
-        device=torch.device(device) if device else torch.device("cpu"),
-        progress=progress,
-    )
+    model = model.to(dev)
+    if teacher is not None:
+        teacher = teacher.to(dev)
+    ctx = CompressContext(data=data, teacher=teacher, device=dev, progress=progress)
     applied: list[MethodConfig] = []
     for config in recipe:
         handler = HANDLERS.get(type(config))
@@ -132,6 +164,7 @@ def compress(
         model = handler(model, config, ctx)
         applied.append(ctx.recorded or config)  # a handler may record its resolved config
     setattr(model, _RECIPE_ATTR, previous + Recipe(applied))
+    setattr(model, _NOTES_ATTR, notes + ctx.notes)
     return model.eval()
 
 
@@ -398,8 +431,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _specs(manifest: dict[str, Any]) -> dict[str, tuple[list[int], torch.dtype]]:
-    out = {}
+def _specs(manifest: dict[str, Any]) -> dict[str, tuple[Sequence[int], torch.dtype]]:
+    out: dict[str, tuple[Sequence[int], torch.dtype]] = {}
     for key, spec in manifest["tensors"].items():
         dt = _DTYPES.get(str(spec.get("dtype")))
         if dt is None:
@@ -408,7 +441,9 @@ def _specs(manifest: dict[str, Any]) -> dict[str, tuple[list[int], torch.dtype]]
     return out
 
 
-def _read_tensors(wpath: Path, specs: dict[str, tuple[list[int], torch.dtype]]) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    wpath: Path, specs: dict[str, tuple[Sequence[int], torch.dtype]]
+) -> dict[str, torch.Tensor]:
     if not wpath.is_file():
         raise ArtifactError(f"{wpath} is missing")
     try:
@@ -423,7 +458,7 @@ def _read_tensors(wpath: Path, specs: dict[str, tuple[list[int], torch.dtype]]) 
             for key, (shape, dtype) in specs.items():
                 sl = f.get_slice(key)
                 got_shape, got_dtype = list(sl.get_shape()), sl.get_dtype()
-                if got_shape != shape or _DTYPES.get(_st_dtype(got_dtype)) != dtype:
+                if got_shape != list(shape) or _DTYPES.get(_st_dtype(got_dtype)) != dtype:
                     raise ArtifactError(
                         f"tensor '{key}' is {_st_dtype(got_dtype)}{got_shape} in {wpath.name} "
                         f"but {_dtype_name(dtype)}{shape} in the manifest"
@@ -490,7 +525,9 @@ def _install_formats(
                 _set_submodule(model, prefix, loaded[owner])
                 shared.add(prefix)
                 for k in keys:
-                    state[k] = loaded[owner]._buffers[k.rpartition(".")[2]]
+                    buf = loaded[owner]._buffers[k.rpartition(".")[2]]
+                    assert buf is not None
+                    state[k] = buf
                 continue
         try:
             fmt.from_storage({k.rpartition(".")[2]: state[k] for k in keys})
@@ -544,11 +581,10 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         if alias.rpartition(".")[0] in shared:
             continue  # a tied module's format: the very same object already
         (m_a, a_name), (m_t, t_name) = _owner(model, alias), _owner(model, target)
-        obj = m_t._parameters.get(t_name) if t_name in m_t._parameters else m_t._buffers.get(t_name)
         if a_name in m_a._parameters:
-            m_a._parameters[a_name] = obj
+            m_a._parameters[a_name] = m_t._parameters.get(t_name)
         else:
-            m_a._buffers[a_name] = obj
+            m_a._buffers[a_name] = m_t._buffers.get(t_name)
     for name, dtype_name in manifest.get("rebuilt_buffers", {}).items():
         dt = _DTYPES.get(str(dtype_name))
         with contextlib.suppress(AttributeError):

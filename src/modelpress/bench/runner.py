@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..api import artifact_bytes, compress, load, save
+from ..api import artifact_bytes, compress, compression_notes, load, save
 from ..errors import ConfigError
 from ..models.tasks import TaskAdapter
 from ..recipe import Recipe
@@ -122,11 +122,9 @@ def run_bench(
     for label, recipe in bar:
         bar.set_postfix_str(label)
         t0 = time.perf_counter()
-        with _WarningsOf("modelpress") as warned:  # what a method reported goes into the table notes
-            compressed = compress(
-                original, recipe, data=adapter, device=eval_device, progress=options.progress
-            )
+        compressed = compress(original, recipe, data=adapter, device=eval_device, progress=options.progress)
         compress_s = time.perf_counter() - t0
+        method_notes = compression_notes(compressed)  # what a method reported goes into the table notes
         path = save(compressed, art_dir / label)
         del compressed
         gc.collect()
@@ -170,7 +168,7 @@ def run_bench(
                 # extras (not part of the fixed key set above)
                 "baseline_rss_mb": mem.get("baseline_rss_mb"),
                 "compress_seconds": compress_s,
-                "method_warnings": warned.messages,
+                "method_warnings": method_notes,
                 "eval_seconds": ev.seconds,
                 "latency_runs": lat.runs,
                 "throughput_runs": thr.runs,
@@ -183,25 +181,6 @@ def run_bench(
     _add_notes(rows)
     env["total_seconds"] = time.perf_counter() - t_start
     return {"env": env, "rows": rows}
-
-
-class _WarningsOf(logging.Handler):
-    """Collects the WARNING records of a logger tree while in a ``with`` block."""
-
-    def __init__(self, logger: str) -> None:
-        super().__init__(logging.WARNING)
-        self.logger = logging.getLogger(logger)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> _WarningsOf:
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self)
 
 
 def _add_notes(rows: list[dict[str, Any]]) -> None:

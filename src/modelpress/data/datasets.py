@@ -168,7 +168,7 @@ def read_text_file(path: str | Path, *, need_labels: bool) -> TextDataset:
     if any(v is None or v == "" for v in raw):
         raise DataError(f"{path}: some rows have no label")
     if all(isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()) for v in raw):
-        labels = [int(v) for v in raw]
+        labels = [int(str(v)) for v in raw]
         if min(labels) < 0:
             raise DataError(f"{path}: integer labels must be >= 0")
         names = tuple(str(i) for i in range(max(labels) + 1))

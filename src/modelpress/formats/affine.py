@@ -40,6 +40,10 @@ class AffineQuantized(CompressedTensor):
     format_version = 1
     fields = ("qdata", "scale")
     optional_fields = ("zero_point", "in_scale")
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    in_scale: torch.Tensor | None
 
     def __init__(
         self,

@@ -59,6 +59,11 @@ class CompressedTensor(nn.Module):
         """JSON-able non-tensor parameters needed to rebuild the format."""
         return {}
 
+    def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Only the given rows of the 2-D view ``(shape[0], rest)``, ``(len(rows), rest)``
+        (an embedding lookup). Formats override it to skip decoding the other rows."""
+        return self.decode(dtype).reshape(int(self.shape[0]), -1)[rows]
+
     # -- shared ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -75,6 +75,10 @@ class Codebook(CompressedTensor):
     format_version = 1
     fields = ("codes", "codebook")
     optional_fields = ("scale", "mask")
+    codes: torch.Tensor
+    codebook: torch.Tensor
+    scale: torch.Tensor | None
+    mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -164,6 +168,7 @@ class Codebook(CompressedTensor):
         """The codebook as float32 ``(n_codebooks, k)`` (an int8 codebook times its scale)."""
         cb = self.codebook
         if cb.dtype == torch.int8:
+            assert self.scale is not None  # an int8 codebook always has its scale
             return cb.float() * self.scale
         return cb.float()
 
@@ -193,10 +198,14 @@ class Codebook(CompressedTensor):
         k = cb.shape[1]
         if self.granularity == "tensor":
             vals = cb[0][codes]
-        elif self.granularity == "group-scaled":
-            vals = cb[0][codes] * self.scale.reshape(-1)[self._book_index(None)]
         else:
-            vals = cb.reshape(-1)[codes + self._book_index(None) * k]
+            book = self._book_index(None)
+            assert book is not None  # only the tensor granularity has a single codebook
+            if self.granularity == "group-scaled":
+                assert self.scale is not None
+                vals = cb[0][codes] * self.scale.reshape(-1)[book]
+            else:
+                vals = cb.reshape(-1)[codes + book * k]
         if self.mask is None:
             out = vals
         else:
@@ -225,6 +234,7 @@ class Codebook(CompressedTensor):
                 + torch.arange(cols, device=rows.device, dtype=torch.int32) // g
             )
             if self.granularity == "group-scaled":  # one shared codebook, a scale per group
+                assert self.scale is not None
                 vals = cb[0][codes] * self.scale.reshape(-1)[books].float()
             else:
                 vals = cb.reshape(-1)[codes + books * k]

@@ -29,6 +29,8 @@ class ProductQuantized(CompressedTensor):
     format_name = "pq"
     format_version = 1
     fields = ("codes", "codebook")
+    codes: torch.Tensor
+    codebook: torch.Tensor
 
     def __init__(
         self, shape: Sequence[int], *, codes: torch.Tensor, codebook: torch.Tensor, bits: int, dim: int

@@ -54,6 +54,8 @@ class SparseTensor(CompressedTensor):
     format_name = "sparse"
     format_version = 1
     fields = ("values", "index")
+    values: torch.Tensor
+    index: torch.Tensor
 
     def __init__(
         self,

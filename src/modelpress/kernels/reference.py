@@ -21,12 +21,9 @@ def _linear(
 
 
 def _embedding(state: None, ids: torch.Tensor, fmt: CompressedTensor) -> torch.Tensor:
-    decode_rows = getattr(fmt, "decode_rows", None)
-    if decode_rows is None:
-        return F.embedding(ids, fmt.decode())
     flat = ids.reshape(-1)
     uniq, inverse = torch.unique(flat, return_inverse=True)
-    rows = decode_rows(uniq)  # (unique ids, dim): decode each needed row once
+    rows = fmt.decode_rows(uniq)  # (unique ids, dim): decode each needed row once
     return rows[inverse].reshape(*ids.shape, int(fmt.shape[1]))
 
 

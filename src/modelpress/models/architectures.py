@@ -48,7 +48,7 @@ def describe_base(model: nn.Module) -> dict[str, Any]:
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
-        PreTrainedModel = ()  # type: ignore[assignment]
+        PreTrainedModel = ()  # type: ignore[assignment,misc]
     if isinstance(model, PreTrainedModel):
         config = model.config.to_dict()
         config.pop("quantization_config", None)  # e.g. left by a GGUF load; weights are plain now
@@ -78,7 +78,9 @@ def build_base(entry: dict[str, Any]) -> nn.Module:
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
             raise ArtifactError(f"manifest names an unknown transformers model class '{name}'")
         try:
-            config = cls.config_class.from_dict(dict(entry.get("config", {})))
+            config_class = cls.config_class
+            assert config_class is not None
+            config = config_class.from_dict(dict(entry.get("config", {})))
         except Exception as e:
             raise ArtifactError(f"manifest holds a config that {name} cannot read: {e}") from None
         with init_empty_weights(include_buffers=False):

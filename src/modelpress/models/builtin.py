@@ -97,8 +97,8 @@ def resolve_model(
         if data is None:
             text, name = political_speeches(), "convention speeches"
         else:
-            ds = read_text_file(data, need_labels=False)
-            text, name = "\n\n".join(ds.texts), str(data)
+            lm_ds = read_text_file(data, need_labels=False)
+            text, name = "\n\n".join(lm_ds.texts), str(data)
         return CausalLMTask(
             source, text, text_name=name, seq_len=seq_len or 128, eval_tokens=eval_tokens or 8192
         )

@@ -38,7 +38,7 @@ def dequantize_gguf(source: ModelSource, out: Path) -> None:
     log.info("dequantizing %s to float32 (one-time, cached)", source.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
     # The weights are plain float32 now; drop the GGUF quantizer so the model saves normally.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out))

@@ -70,7 +70,7 @@ class TextClassificationTask(TaskAdapter):
         self.eval_batch_size = eval_batch_size
         self.num_labels = len(splits.train.label_names)
         self.model_name = source.name
-        self._tokenizer = None
+        self._tokenizer: Any = None
 
     # -- model --------------------------------------------------------------------------
     @property
@@ -109,7 +109,6 @@ class TextClassificationTask(TaskAdapter):
         key = cache_key(self.cache_parts())
         path = cached_dir("classifiers", key, lambda tmp: self._train_original(tmp, progress=progress))
         model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
-        self._tokenizer = None
         from transformers import AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))

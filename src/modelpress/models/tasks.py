@@ -22,10 +22,10 @@ __all__ = ["TASKS", "Evaluation", "TaskAdapter", "model_device"]
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of a model's first parameter or buffer (compressed models may hold buffers only)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

@@ -98,7 +98,7 @@ class DecodedConv(CompressedModule):
             raise ValueError(f"a conv kernel has 3 to 5 dims, got shape {tuple(weight.shape)}")
 
     @classmethod
-    def wrap(cls, conv: nn.Module, weight: CompressedTensor) -> DecodedConv:
+    def wrap(cls, conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, weight: CompressedTensor) -> DecodedConv:
         if getattr(conv, "padding_mode", "zeros") != "zeros":
             raise ValueError("only zero-padded convolutions can be compressed")
         args = {

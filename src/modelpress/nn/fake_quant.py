@@ -88,7 +88,7 @@ class FakeQuantLinear(nn.Module):
         self.quantizer = quantizer
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> torch.Tensor:
         return self.linear.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ class FakeQuantEmbedding(nn.Module):
         self.quantizer = quantizer
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> torch.Tensor:
         return self.embedding.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,7 @@ class Int8SmoothLinear(Int8DynamicLinear):
     """
 
     module_name = "int8_smooth_linear"
+    smooth: torch.Tensor
 
     def __init__(self, weight: AffineQuantized, bias: torch.Tensor | None, smooth: torch.Tensor) -> None:
         super().__init__(weight, bias)
@@ -126,6 +127,8 @@ class Int8StaticLinear(CompressedModule):
     """
 
     module_name = "int8_static_linear"
+    act_scale: torch.Tensor
+    act_zero_point: torch.Tensor
 
     def __init__(
         self,

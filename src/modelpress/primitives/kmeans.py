@@ -84,8 +84,8 @@ class _Sorted:
                 wn = np.take_along_axis(weights.detach().numpy(), order, axis=1)
                 w = torch.from_numpy(wn).to(torch.float64)
         else:
-            self.xs, order = x.sort(dim=1)
-            w = None if weights is None else weights.gather(1, order).to(torch.float64)
+            self.xs, order_t = x.sort(dim=1)
+            w = None if weights is None else weights.gather(1, order_t).to(torch.float64)
         xs64 = self.xs.to(torch.float64)
         self.p0 = _prefix(torch.ones_like(xs64) if w is None else w)
         self.p1 = _prefix(xs64 if w is None else w * xs64)

@@ -3,4 +3,12 @@
 from .helpers import finetune_on_task, grads_on
 from .loop import Checkpointing, FitResult, TrainConfig, fit, seed_everything
 
-__all__ = ["Checkpointing", "FitResult", "TrainConfig", "fit", "finetune_on_task", "grads_on", "seed_everything"]
+__all__ = [
+    "Checkpointing",
+    "FitResult",
+    "TrainConfig",
+    "finetune_on_task",
+    "fit",
+    "grads_on",
+    "seed_everything",
+]
