@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import tempfile
 import time
 import traceback
@@ -28,6 +27,14 @@ import torch
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _manifest_sha(path: Path) -> str:
+    """Hash of the manifest as ``save`` writes it, without its integrity digests (added after
+    this script's first baseline; everything else must stay byte for byte)."""
+    manifest = json.loads(path.read_text())
+    manifest.pop("digests", None)
+    return hashlib.sha256(json.dumps(manifest, indent=1).encode()).hexdigest()[:16]
 
 
 def _tensors_sha(path: Path) -> str:
@@ -52,8 +59,13 @@ def _out_sha(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> str:
 
 
 def _tasks(work: Path):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig
-    from transformers import LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     from modelpress.data import political_speeches
@@ -90,8 +102,15 @@ def _tasks(work: Path):
     raw = load_gguf_checkpoint(str(Path(src.path) / str(src.gguf_file)), return_tensors=False)["config"]
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
     raw.update(
-        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=30522, pad_token_id=0, bos_token_id=101,
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=30522,
+        pad_token_id=0,
+        bos_token_id=101,
         eos_token_id=102,
     )
     torch.manual_seed(0)
@@ -119,6 +138,7 @@ def main() -> int:
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--compare", help="an earlier output to compare with")
     ap.add_argument("--only", default="", help="comma-separated preset names (default: all)")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of presets that fail")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import os
@@ -143,13 +163,22 @@ def main() -> int:
                     path = save(model, work / "art" / key)
                     rec = {
                         "weights": _tensors_sha(path / "model.safetensors"),
-                        "manifest": _sha(path / "manifest.json"),
-                        "bytes": (path / "manifest.json").stat().st_size,
+                        "manifest": _manifest_sha(path / "manifest.json"),
+                        "bytes": len(
+                            json.dumps(
+                                {
+                                    k: v
+                                    for k, v in json.loads((path / "manifest.json").read_text()).items()
+                                    if k != "digests"
+                                },
+                                indent=1,
+                            ).encode()
+                        ),
                         "outputs": _out_sha(load(path), inputs),
                     }
-                except Exception as e:  # noqa: BLE001 - a preset that does not apply is recorded
+                except Exception as e:
                     rec = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
-                    if "--debug" in sys.argv:
+                    if args.debug:
                         traceback.print_exc()
                 rec["seconds"] = round(time.perf_counter() - t0, 2)
                 results[key] = rec
