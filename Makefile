@@ -1,6 +1,6 @@
 # Two commands do all the set-up (README quick start):
 #   make demo   -> venv + everything installed, then `modelpress bench` on the default model
-#   make test   -> venv + everything installed, then ruff and the whole test suite
+#   make test   -> venv + everything installed, then ruff, mypy and the whole test suite
 # Both are idempotent: the venv is (re)installed only when pyproject.toml or this file change.
 
 VENV ?= .venv
@@ -30,6 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -37,6 +38,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 # Peers for benchmarks/kmeans_1d.py (scikit-learn, flash1dkmeans + numba)
 bench-deps: $(STAMP)
