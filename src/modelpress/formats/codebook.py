@@ -31,7 +31,7 @@ rebuilt after load by ``from_storage``; the mask is a bool tensor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,12 +40,13 @@ from ..primitives.bitpack import (
     container_rows,
     from_container,
     pack_bits,
+    packed_nbytes,
     stream_to_container,
     to_container,
     unpack_bits,
 )
 from ..primitives.entropy import zstd_decode, zstd_encode
-from .base import CompressedTensor, register_format
+from .base import CompressedTensor, check, check_field, check_zstd_size, register_format
 
 __all__ = ["GRANULARITIES", "Codebook", "decode_in_row_chunks"]
 
@@ -216,7 +217,7 @@ class Codebook(CompressedTensor):
     def decode_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Decode only the given rows (an embedding lookup), ``(len(rows), cols)``."""
         if self.mask is not None or not self._rows_decodable():
-            return self.decode(dtype)[rows]
+            return self.decode(dtype).reshape(self.rows, self.cols)[rows]
         cols, k = self.cols, self.codebook.shape[1]
         codes = container_rows(self.codes, self.bits, self.rows, cols, rows)
         if codes is None:
@@ -254,6 +255,79 @@ class Codebook(CompressedTensor):
             "mask_coding": self.mask_coding,
             "n_codes": self.n_codes,
         }
+
+    # -- checks at load (stored layout) ---------------------------------------------------
+    meta_types: ClassVar[dict[str, tuple[str, ...]]] = {
+        "bits": ("int",),
+        "granularity": ("str",),
+        "group_size": ("int", "none"),
+        "coding": ("str",),
+        "mask_coding": ("str",),
+        "n_codes": ("int", "none"),
+    }
+
+    def _n_books(self) -> int:
+        n, g = self.shape.numel(), self.group_size
+        if self.granularity == "channel":
+            return self.rows
+        if self.granularity == "group":
+            return n // int(g or 1)
+        return 1  # tensor, group-scaled: one codebook
+
+    def validate(self) -> None:
+        n, k = self.shape.numel(), 1 << self.bits
+        check(1 <= self.bits <= 8, f"bits must be in 1..8, got {self.bits}")
+        g = self.group_size
+        if self.granularity in ("group", "group-scaled"):
+            check(g is not None and g > 0, f"'{self.granularity}' needs a positive group_size, got {g}")
+            assert g is not None
+            if self.granularity == "group":  # one codebook per run of g weights of a row
+                check(self.cols % g == 0, f"group_size {g} does not divide the {self.cols} columns")
+            else:
+                check(n % g == 0, f"group_size {g} does not divide the {n} weights")
+        n_books = self._n_books()
+        cb = self.codebook
+        check_field(cb, "codebook", (n_books, k), "float" if cb.dtype.is_floating_point else "int8")
+        if self.granularity == "group-scaled":  # the per-group scale of one shared codebook
+            check(cb.dtype != torch.int8, "a group-scaled codebook cannot be int8")
+            check_field(self.scale, "scale", (n // int(g or 1), 1), "float")
+        elif cb.dtype == torch.int8:  # an int8 codebook carries one scale per codebook
+            check_field(self.scale, "scale", (n_books, 1), "float")
+        else:
+            check_field(self.scale, "scale", None, "float", required=False)
+        check(0 <= self.n_codes <= n, f"n_codes {self.n_codes} is outside 0..{n}")
+        if self.mask is None:
+            check(self.n_codes == n, f"n_codes {self.n_codes} differs from the {n} weights (no mask)")
+        elif self.mask_coding == "packed":
+            check_field(self.mask, "mask", (packed_nbytes(n, 1),), "uint8")
+        else:
+            check_field(self.mask, "mask", (self.mask.numel(),), "uint8")
+            check(self.mask.dim() == 1, "field 'mask' must be 1-D")
+        if self.coding == "packed":
+            check_field(self.codes, "codes", (packed_nbytes(self.n_codes, self.bits),), "uint8")
+        else:
+            check_field(self.codes, "codes", (self.codes.numel(),), "uint8")
+            check(self.codes.dim() == 1, "field 'codes' must be 1-D")
+
+    def validate_stored(self, stored: dict[str, torch.Tensor]) -> None:
+        expect = {"codes": self.n_codes if self.coding == "zstd" else None}
+        if self.mask_coding == "zstd":
+            expect["mask"] = packed_nbytes(self.shape.numel(), 1)
+        for name, size in expect.items():
+            if size is None or name not in stored:
+                continue
+            check_zstd_size(stored[name], size, name)
+
+    def validate_loaded(self) -> None:
+        if self.mask is not None:
+            kept = int(self.mask.sum())
+            check(kept == self.n_codes, f"the mask keeps {kept} weights but n_codes is {self.n_codes}")
+
+    def load_nbytes(self) -> int:
+        other = [b for f, b in self.named_buffers() if f not in ("codes", "mask")]
+        rest = sum(b.numel() * b.element_size() for b in other)
+        mask = self.shape.numel() if self.mask is not None else 0  # one bool per weight
+        return rest + mask + packed_nbytes(self.n_codes, container_bits(self.bits))
 
     def to_storage(self) -> dict[str, torch.Tensor]:
         """Codes as a ``bits``-bit stream (or its zstd coding), the mask as a 1-bit stream

@@ -20,7 +20,13 @@ def zstd_encode(data: torch.Tensor, level: int = ZSTD_LEVEL) -> torch.Tensor:
 
     raw = data.detach().cpu().contiguous().numpy().tobytes()
     blob = zstandard.ZstdCompressor(level=level).compress(raw)
-    return torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()
+    return _as_tensor(blob)
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    if not data:  # torch.frombuffer refuses an empty buffer
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
 
 
 def zstd_decode(blob: torch.Tensor, n_bytes: int | None = None) -> torch.Tensor:
@@ -37,4 +43,4 @@ def zstd_decode(blob: torch.Tensor, n_bytes: int | None = None) -> torch.Tensor:
         raise ValueError(f"corrupt zstd stream: {e}") from None
     if n_bytes is not None and len(raw) != n_bytes:
         raise ValueError(f"zstd stream decodes to {len(raw)} bytes, expected {n_bytes}")
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+    return _as_tensor(raw)
