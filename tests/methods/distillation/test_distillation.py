@@ -370,6 +370,12 @@ def test_bad_input_is_a_clear_error(tiny_llama, tiny_bert, llama_config, bert_co
         DistillConfig(student="wide")
     with pytest.raises(ConfigError, match="alpha"):
         DistillConfig(alpha=1.5)
+    with pytest.raises(ConfigError, match=r"distill: width must be a number in \(0, 1\), got 1"):
+        DistillConfig(width=1)
+    with pytest.raises(ConfigError, match="layers only applies"):
+        DistillConfig(student="narrow", layers=(1,))
+    with pytest.raises(ConfigError, match=r"distill \(student: layer-drop\) needs a transformers model"):
+        mp.compress(LeNet300100(), DistillConfig(), data=_digit_batches(1))
     with pytest.raises(ConfigError, match="unknown field"):
         DistillConfig.from_dict({"method": "distill", "temprature": 2})
 

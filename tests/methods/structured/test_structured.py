@@ -442,6 +442,23 @@ def test_bad_configs_are_rejected(make):
         make()
 
 
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"prune-heads: fraction must be a number in \[0, 1\), got 1.0"):
+        PruneHeadsConfig(fraction=1.0)
+    with pytest.raises(ConfigError, match="prune-layers: a block's weight norm"):
+        PruneLayersConfig(importance="l2")
+    assert PruneFFNConfig(include="*.layer.0").include == ("*.layer.0",)  # one pattern, not its letters
+
+
+def test_include_selects_structures_by_module_name(tiny_bert):
+    pruned = mp.compress(copy.deepcopy(tiny_bert), PruneFFNConfig(fraction=0.5, include="*.layer.0"))
+    assert [layer.intermediate.dense.out_features for layer in pruned.bert.encoder.layer] == [32, 64]
+    with pytest.raises(ConfigError, match=r"include pattern '\*\.layr\.0' matches no module"):
+        mp.compress(copy.deepcopy(tiny_bert), PruneFFNConfig(include="*.layr.0"))
+    with pytest.raises(ConfigError, match="no structure to prune"):  # a module, but no FFN block
+        mp.compress(copy.deepcopy(tiny_bert), PruneFFNConfig(include="*.layer.0.output.dense"))
+
+
 def test_removing_every_head_is_refused(tiny_bert):
     # 2 heads per layer: 0.9 rounds to removing both
     with pytest.raises(ConfigError, match="removes all 2 heads"):

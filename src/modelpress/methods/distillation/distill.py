@@ -30,10 +30,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.calibration import TaskData
 from ...errors import ConfigError
+from ...models.blocks import block_list
 from ...models.tasks import model_device
-from ...training.loop import Checkpointing, FitResult, TrainConfig, fit
-from ..base import CompressContext, MethodConfig, register, register_config
+from ...training import Checkpointing, FitResult, TrainConfig, fit, grads_on
+from ..base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    CompressContext,
+    MethodConfig,
+    between,
+    one_of,
+    param,
+    register,
+    register_config,
+)
 from .losses import (
     attention_loss,
     cosine_hidden_loss,
@@ -44,7 +56,7 @@ from .losses import (
     self_distillation_loss,
     soft_kl,
 )
-from .students import block_list, default_kept_layers, layer_drop_student, narrow_student
+from .students import default_kept_layers, layer_drop_student, narrow_student
 
 __all__ = ["DistillConfig", "distill"]
 
@@ -77,63 +89,33 @@ class DistillConfig(MethodConfig):
     """
 
     name = "distill"
-    student: str = "layer-drop"
+    student: str = param("layer-drop", one_of(*STUDENTS))
     layers: tuple[int, ...] | None = None
-    width: float = 0.5
-    temperature: float = 2.0
-    alpha: float = 0.5
-    hidden: float = 0.0
-    cosine: float = 0.0
-    attention: float = 0.0
-    relational: float = 0.0
-    self_distill: float = 0.0
+    width: float = param(0.5, between(0, 1, lo_open=True, hi_open=True))
+    temperature: float = param(2.0, POSITIVE)
+    alpha: float = param(0.5, between(0, 1))  # weight of the soft targets
+    hidden: float = param(0.0, NON_NEGATIVE)
+    cosine: float = param(0.0, NON_NEGATIVE)
+    attention: float = param(0.0, NON_NEGATIVE)
+    relational: float = param(0.0, NON_NEGATIVE)
+    self_distill: float = param(0.0, NON_NEGATIVE)
     mutual: bool = False
     unlabeled: bool = False
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    max_steps: int | None = None
-    patience: int | None = None
+    epochs: int | None = param(None, POSITIVE)
+    lr: float | None = param(None, POSITIVE)
+    batch_size: int | None = param(None, POSITIVE)
+    max_steps: int | None = param(None, POSITIVE)
+    patience: int | None = param(None, NON_NEGATIVE)
     seed: int = 0
     cache_teacher: bool = True
     checkpoint_dir: str | None = None
-    checkpoint_every: int = 200
+    checkpoint_every: int = param(200, POSITIVE)
 
-    def __post_init__(self) -> None:
-        if self.student not in STUDENTS:
-            raise ConfigError(f"distill: student must be one of {', '.join(STUDENTS)}, got {self.student!r}")
+    def validate(self) -> None:
         if self.layers is not None and self.student != "layer-drop":
-            raise ConfigError("distill: layers only applies to student: layer-drop")
-        if not isinstance(self.width, (int, float)) or not 0 < self.width < 1:
-            raise ConfigError(f"distill: width must be in (0, 1), got {self.width!r}")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise ConfigError(f"distill: temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise ConfigError(
-                f"distill: alpha (weight of the soft targets) must be in [0, 1], got {self.alpha!r}"
-            )
-        for f in ("hidden", "cosine", "attention", "relational", "self_distill"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"distill: loss weight {f} must be >= 0, got {v!r}")
-        for f in ("epochs", "batch_size", "max_steps"):
-            v = getattr(self, f)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ConfigError(f"distill: {f} must be a positive integer or null, got {v!r}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 0):
-            raise ConfigError(
-                f"distill: patience must be a non-negative integer or null, got {self.patience!r}"
-            )
-        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not self.lr > 0):
-            raise ConfigError(f"distill: lr must be > 0, got {self.lr!r}")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
-            raise ConfigError(
-                f"distill: checkpoint_every must be a positive integer, got {self.checkpoint_every!r}"
-            )
+            raise self.error("layers only applies to student: layer-drop")
         if self.unlabeled and self.alpha == 0 and not (self.needs_features or self.mutual):
-            raise ConfigError(
-                "distill: unlabeled data with alpha 0 and no feature loss leaves nothing to learn"
-            )
+            raise self.error("unlabeled data with alpha 0 and no feature loss leaves nothing to learn")
 
     @property
     def needs_features(self) -> bool:
@@ -152,7 +134,7 @@ class _Data:
             raise ConfigError(
                 "distill needs training data: pass a task adapter or a list of model-ready batches as `data`"
             )
-        self.adapter = data if hasattr(data, "batches") and hasattr(data, "score") else None
+        self.adapter = data if isinstance(data, TaskData) else None
         if self.adapter is None:
             if not isinstance(data, (list, tuple)) or not all(isinstance(b, dict) for b in data):
                 raise ConfigError(
@@ -239,16 +221,13 @@ def _eager_attention(models: list[nn.Module], enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _frozen(teacher: nn.Module) -> Iterator[None]:
-    flags = [(p, p.requires_grad) for p in teacher.parameters()]
+    """The teacher in eval mode with gradients off, both restored after."""
     mode = teacher.training
-    for p, _ in flags:
-        p.requires_grad_(False)
     teacher.eval()
     try:
-        yield
+        with grads_on(teacher.parameters(), on=False):
+            yield
     finally:
-        for p, f in flags:
-            p.requires_grad_(f)
         teacher.train(mode)
 
 
@@ -420,7 +399,8 @@ def _student_of(
     model: nn.Module, teacher: nn.Module, config: DistillConfig
 ) -> tuple[nn.Module, tuple[int, ...] | None]:
     if config.student == "layer-drop":
-        kept = config.layers if config.layers is not None else default_kept_layers(len(block_list(teacher)))
+        n = len(block_list(teacher, "distill (student: layer-drop)")[1])
+        kept = config.layers if config.layers is not None else default_kept_layers(n)
         return layer_drop_student(teacher, kept), tuple(kept)
     if config.student == "narrow":
         return narrow_student(teacher, config.width), None
@@ -464,9 +444,6 @@ def distill(
         trainee["projection"] = projection
     if config.mutual:
         trainee["peer"] = copy.deepcopy(student)
-    flags = [(p, p.requires_grad) for p in trainee.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(True)
     objective = _Objective(config, student, teacher, kept, projection)
     adapter = src.adapter
     evaluate: Callable[[nn.Module], float] | None = None
@@ -475,36 +452,33 @@ def distill(
     checkpoint = (
         Checkpointing(config.checkpoint_dir, config.checkpoint_every) if config.checkpoint_dir else None
     )
-    try:
-        with (
-            _frozen(teacher),
-            _eager_attention(
-                [student, teacher, *([trainee["peer"]] if config.mutual else [])], config.attention > 0
-            ),
-        ):
-            first = src.first()
-            with torch.no_grad():
-                _check_compatible(
-                    student,
-                    teacher,
-                    _forward(student.eval(), first, False, False),
-                    _forward(teacher, first, False, False),
-                )
-            result = fit(
-                trainee,
-                objective,
-                lambda epoch: src.batches(epoch, seed),
-                train_cfg,
-                evaluate=evaluate,
-                higher_is_better=bool(getattr(adapter, "higher_is_better", True)),
-                steps_per_epoch=src.steps(),
-                progress=progress,
-                desc="distill",
-                checkpoint=checkpoint,
+    with (
+        grads_on(trainee.parameters()),
+        _frozen(teacher),
+        _eager_attention(
+            [student, teacher, *([trainee["peer"]] if config.mutual else [])], config.attention > 0
+        ),
+    ):
+        first = src.first()
+        with torch.no_grad():
+            _check_compatible(
+                student,
+                teacher,
+                _forward(student.eval(), first, False, False),
+                _forward(teacher, first, False, False),
             )
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
+        result = fit(
+            trainee,
+            objective,
+            lambda epoch: src.batches(epoch, seed),
+            train_cfg,
+            evaluate=evaluate,
+            higher_is_better=bool(getattr(adapter, "higher_is_better", True)),
+            steps_per_epoch=src.steps(),
+            progress=progress,
+            desc="distill",
+            checkpoint=checkpoint,
+        )
     log.info(
         "distill: %d steps in %.0f s (teacher logits reused from cache on %d batches): %s",
         result.steps,

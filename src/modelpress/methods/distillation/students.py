@@ -21,24 +21,10 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ...models.blocks import block_list
+from ..base import replace_module
 
-__all__ = ["block_list", "default_kept_layers", "layer_drop_student", "narrow_student"]
-
-
-def block_list(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of transformer blocks of a Hugging Face model (``config.num_hidden_layers``
-    long): BERT's ``encoder.layer``, Llama's ``model.layers`` ..."""
-    config = getattr(model, "config", None)
-    n = getattr(config, "num_hidden_layers", None)
-    if n is None:
-        raise ConfigError(
-            f"layer-drop students need a transformers model with config.num_hidden_layers; "
-            f"got {type(model).__name__} (give your own student module instead)"
-        )
-    lists = [m for _, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    if len(lists) != 1:
-        raise ConfigError(f"cannot find the {n} transformer blocks of {type(model).__name__}")
-    return lists[0]
+__all__ = ["default_kept_layers", "layer_drop_student", "narrow_student"]
 
 
 def default_kept_layers(n: int) -> tuple[int, ...]:
@@ -50,7 +36,7 @@ def layer_drop_student(teacher: nn.Module, layers: Sequence[int] | None = None) 
     """A copy of ``teacher`` keeping only the transformer blocks ``layers`` (teacher indices,
     increasing); embeddings, final norm and heads are copied as they are (Sanh et al.,
     DistilBERT, arXiv 1910.01108)."""
-    n = len(block_list(teacher))
+    n = len(block_list(teacher, "distill (student: layer-drop)")[1])
     kept = tuple(layers) if layers is not None else default_kept_layers(n)
     if not kept:
         raise ConfigError("layer-drop: keep at least one layer")
@@ -59,12 +45,9 @@ def layer_drop_student(teacher: nn.Module, layers: Sequence[int] | None = None) 
     if list(kept) != sorted(set(kept)):
         raise ConfigError(f"layer-drop: layers must be increasing and distinct, got {list(kept)}")
     student = copy.deepcopy(teacher)
-    blocks = block_list(student)
+    name, blocks = block_list(student, "distill (student: layer-drop)")
     new = nn.ModuleList([blocks[i] for i in kept])
-    for _name, module in student.named_modules():
-        for child_name, child in module.named_children():
-            if child is blocks:
-                setattr(module, child_name, new)
+    replace_module(student, name, new)
     config = student.config
     config.num_hidden_layers = len(kept)
     if getattr(config, "layer_types", None) is not None:  # per-layer attention kinds (Llama ...)

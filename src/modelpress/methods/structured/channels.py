@@ -59,10 +59,4 @@ def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = Non
 
 @register(PruneChannelsConfig)
 def _prune_channels(model: nn.Module, config: PruneChannelsConfig, ctx: CompressContext) -> nn.Module:
-    return run_pruning(
-        model,
-        config,
-        ctx,
-        lambda m: prunable_channels(m, config),
-        f"prune-channels {config.fraction:g} fine-tune",
-    )
+    return run_pruning(model, config, ctx, lambda m: prunable_channels(m, config))

@@ -1,12 +1,10 @@
-"""What the structured pruning methods share: config fields and their validation, scoring
-groups by importance (weight norm, activations, Taylor), choosing what to keep, and the
-optional fine-tune through the one training loop."""
+"""What the structured pruning methods share: config fields, scoring groups by importance
+(weight norm, activations, Taylor), choosing what to keep, and the optional fine-tune
+through the one training loop."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...data.calibration import calibration_batches, run_forward
 from ...primitives.importance import (
     activation_group_scores,
     l2_group_scores,
@@ -23,57 +21,36 @@ from ...primitives.importance import (
     select_keep,
     taylor_group_contribution,
 )
-from ...training.loop import FitResult, TrainConfig, fit
-from ..base import CompressContext, MethodConfig, matches
+from ...training import TrainConfig, finetune_on_task, grads_on
+from ..base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    CompressContext,
+    MethodConfig,
+    between,
+    check_patterns,
+    matches,
+    one_of,
+    param,
+)
 from .groups import Group, check_untied, prune_group
 
 __all__ = [
     "IMPORTANCES",
     "StructuredConfig",
-    "calibration_batches",
+    "backward_passes",
+    "calibration",
     "finetune",
+    "forward_passes",
     "plan_keep",
-    "prune_groups",
-    "require_data",
+    "run_pruning",
     "score_groups",
 ]
 
 log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l2", "activation", "taylor")
-SCOPES = ("layer", "global")
-
-
-def _check_positive_int(method: str, field: str, v: object, *, allow_zero: bool = False) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ConfigError(f"{method}: {field} must be {kind} integer, got {v!r}")
-
-
-def validate_common(cfg: Any) -> None:
-    """Checks shared by every structured config (fields it does not have are skipped)."""
-    m = cfg.name
-    f = cfg.fraction
-    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 <= f < 1:
-        raise ConfigError(f"{m}: fraction must be in [0, 1) (the share of units to remove), got {f!r}")
-    if cfg.importance not in IMPORTANCES:
-        raise ConfigError(f"{m}: importance must be one of {', '.join(IMPORTANCES)}, got {cfg.importance!r}")
-    if hasattr(cfg, "scope") and cfg.scope not in SCOPES:
-        raise ConfigError(
-            f"{m}: scope must be 'layer' (the same fraction in every layer) or 'global' (one ranking "
-            f"over all layers), got {cfg.scope!r}"
-        )
-    for field in ("calibration_batches", "batch_size"):
-        _check_positive_int(m, field, getattr(cfg, field))
-    _check_positive_int(m, "epochs", cfg.epochs, allow_zero=True)
-    if cfg.max_steps is not None:
-        _check_positive_int(m, "max_steps", cfg.max_steps)
-    if not isinstance(cfg.lr, (int, float)) or not cfg.lr > 0:
-        raise ConfigError(f"{m}: lr must be > 0, got {cfg.lr!r}")
-    for field in ("include", "exclude"):
-        v = getattr(cfg, field, ())
-        if not isinstance(v, tuple) or not all(isinstance(p, str) for p in v):
-            raise ConfigError(f"{m}: {field} must be a list of module-name patterns, got {v!r}")
+FIT_DATA = "data to fine-tune (or set epochs: 0)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,54 +67,52 @@ class StructuredConfig(MethodConfig):
     include / exclude: patterns on the structure names (attention module, layer, producer).
     """
 
-    fraction: float = 0.25
-    importance: str = "l2"
-    scope: str = "layer"
-    calibration_batches: int = 8
-    batch_size: int = 32
-    epochs: int = 0
-    lr: float = 5e-5
-    max_steps: int | None = None
+    fraction: float = param(0.25, between(0, 1, hi_open=True))
+    importance: str = param("l2", one_of(*IMPORTANCES))
+    scope: str = param("layer", one_of("layer", "global"))
+    calibration_batches: int = param(8, POSITIVE)
+    batch_size: int = param(32, POSITIVE)
+    epochs: int = param(0, NON_NEGATIVE)
+    lr: float = param(5e-5, POSITIVE)
+    max_steps: int | None = param(None, POSITIVE)
     seed: int = 0
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        validate_common(self)
 
-
-def require_data(data: object, method: str, why: str) -> Any:
-    for attr in ("batches", "loss", "score"):
-        if not hasattr(data, attr):
-            raise ConfigError(
-                f"{method} needs data {why}: pass a task adapter (batches, loss, score) as `data`"
-            )
-    return data
-
-
-def calibration_batches(data: Any, cfg: Any) -> Iterator[Any]:
-    """The first ``calibration_batches`` shuffled train batches (never evaluation data)."""
-    got = list(
-        itertools.islice(
-            data.batches("train", cfg.batch_size, shuffle_seed=cfg.seed), cfg.calibration_batches
-        )
+def calibration(cfg: Any, ctx: CompressContext) -> tuple[Any, list[Any]]:
+    """The data and its first ``calibration_batches`` shuffled train batches."""
+    data = ctx.require_data(cfg.name, f"data for importance '{cfg.importance}'")
+    return data, calibration_batches(
+        data, cfg.name, batch_size=cfg.batch_size, n_batches=cfg.calibration_batches, seed=cfg.seed
     )
-    if not got:
-        raise ConfigError(f"{cfg.name}: the task's train split gave no batches for calibration")
-    return iter(got)
 
 
-@contextlib.contextmanager
-def _grads_on(params: Sequence[nn.Parameter]) -> Iterator[None]:
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
+def forward_passes(model: nn.Module, data: Any, batches: list[Any], handles: list[Any]) -> None:
+    """One no-grad eval pass over ``batches`` feeding the forward hooks ``handles`` (removed after)."""
     try:
-        yield
+        run_forward(model, data, batches, progress=False)
     finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-            p.grad = None
+        for h in handles:
+            h.remove()
+
+
+def backward_passes(
+    model: nn.Module, data: Any, batches: list[Any], params: list[nn.Parameter]
+) -> Iterator[None]:
+    """Yields after the loss of each batch is back-propagated into ``params`` (gradients on
+    for them only here, cleared after); eval mode, so no dropout: scores are deterministic."""
+    was_training = model.training
+    model.eval()
+    try:
+        with grads_on(params, clear=True):
+            for batch in batches:
+                model.zero_grad(set_to_none=True)
+                data.loss(model, batch).backward()
+                yield
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
 
 
 def score_groups(
@@ -146,127 +121,83 @@ def score_groups(
     """(n,) importance of every unit of every group; higher = keep."""
     if cfg.importance == "l2":
         return [l2_group_scores(g.tensors(), g.n) for g in groups]
-    data = require_data(ctx.data, cfg.name, f"for importance '{cfg.importance}'")
+    data, batches = calibration(cfg, ctx)
     scores = [torch.zeros(g.n, dtype=torch.float64) for g in groups]
-    was_training = model.training
-    model.eval()  # no dropout: scores are deterministic
-    try:
-        if cfg.importance == "activation":
-            handles = []
-            for i, g in enumerate(groups):
-                _, mod, where, dim = g.probe
+    if cfg.importance == "activation":
+        handles = []
+        for i, g in enumerate(groups):
+            _, mod, where, dim = g.probe
 
-                def hook(
-                    _m: nn.Module, args: Any, out: Any, i: int = i, where: str = where, dim: int = dim
-                ) -> None:
-                    x = args[0] if where == "input" else out
-                    scores[i].add_(activation_group_scores(x, dim, groups[i].n))
+            def hook(
+                _m: nn.Module, args: Any, out: Any, i: int = i, where: str = where, dim: int = dim
+            ) -> None:
+                x = args[0] if where == "input" else out
+                scores[i].add_(activation_group_scores(x, dim, groups[i].n))
 
-                handles.append(mod.register_forward_hook(hook))
-            try:
-                with torch.no_grad():
-                    for batch in calibration_batches(data, cfg):
-                        data.loss(model, batch)
-            finally:
-                for h in handles:
-                    h.remove()
-        else:  # taylor
-            params = [t for g in groups for t, _ in g.tensors() if isinstance(t, nn.Parameter)]
-            with _grads_on(params):
-                for batch in calibration_batches(data, cfg):
-                    model.zero_grad(set_to_none=True)
-                    data.loss(model, batch).backward()
-                    for i, g in enumerate(groups):
-                        parts = [
-                            (t, t.grad, d)
-                            for t, d in g.tensors()
-                            if isinstance(t, nn.Parameter) and t.grad is not None
-                        ]
-                        scores[i] += taylor_group_contribution(parts, g.n)
-                model.zero_grad(set_to_none=True)
-    finally:
-        model.train(was_training)
+            handles.append(mod.register_forward_hook(hook))
+        forward_passes(model, data, batches, handles)
+        return scores
+    params = [t for g in groups for t, _ in g.tensors() if isinstance(t, nn.Parameter)]
+    for _ in backward_passes(model, data, batches, params):  # taylor
+        for i, g in enumerate(groups):
+            parts = [
+                (t, t.grad, d) for t, d in g.tensors() if isinstance(t, nn.Parameter) and t.grad is not None
+            ]
+            scores[i] += taylor_group_contribution(parts, g.n)
     return scores
 
 
 def plan_keep(model: nn.Module, groups: Sequence[Group], cfg: Any, ctx: CompressContext) -> list[list[int]]:
     """Which units of each group to keep (sorted indices)."""
     scores = score_groups(model, groups, cfg, ctx)
-    if getattr(cfg, "scope", "layer") == "global":
+    if cfg.scope == "global":
         return select_global(scores, cfg.fraction, min_keep=1)
     keeps = []
     for g, s in zip(groups, scores, strict=True):
         n_remove = n_to_remove(cfg.fraction, g.n)
         if n_remove >= g.n:
-            raise ConfigError(
-                f"{cfg.name}: fraction {cfg.fraction} removes all {g.n} {g.unit}s of '{g.name}'; "
+            raise cfg.error(
+                f"fraction {cfg.fraction} removes all {g.n} {g.unit}s of '{g.name}'; "
                 "lower the fraction or exclude it"
             )
         keeps.append(select_keep(s, n_remove))
     return keeps
 
 
-def prune_groups(groups: Sequence[Group], keeps: Sequence[Sequence[int]], method: str) -> int:
-    """Apply the keep lists; returns how many units were removed."""
-    removed = 0
-    for g, keep in zip(groups, keeps, strict=True):
-        before = g.n
-        prune_group(g, keep)
-        removed += before - g.n
-        log.info("%s: '%s' keeps %d of %d %ss", method, g.name, g.n, before, g.unit)
-    return removed
-
-
-def select_groups(model: nn.Module, groups: Sequence[Group], cfg: Any) -> list[Group]:
-    chosen = [g for g in groups if matches(g.name, cfg.include, cfg.exclude)]
-    if not chosen:
-        raise ConfigError(f"{cfg.name}: no structure to prune (check include/exclude)")
-    check_untied(model, chosen, cfg.name)
-    return chosen
-
-
-def finetune(model: nn.Module, cfg: Any, ctx: CompressContext, desc: str) -> FitResult | None:
+def finetune(model: nn.Module, cfg: Any, ctx: CompressContext) -> None:
     """The optional short fine-tune after pruning (all parameters, the one training loop)."""
-    if cfg.epochs == 0:
-        return None
-    data = require_data(ctx.data, cfg.name, "to fine-tune (or set epochs: 0)")
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(True)
-    try:
-        result = fit(
+    if cfg.epochs:
+        finetune_on_task(
             model,
-            data.loss,
-            lambda epoch: data.batches("train", cfg.batch_size, shuffle_seed=cfg.seed + epoch),
+            ctx.require_data(cfg.name, FIT_DATA, score=True),
             TrainConfig(epochs=cfg.epochs, lr=cfg.lr, max_steps=cfg.max_steps, patience=None, seed=cfg.seed),
-            evaluate=lambda m: data.score(m, "validation"),
-            higher_is_better=bool(getattr(data, "higher_is_better", True)),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
             progress=ctx.progress,
-            desc=desc,
+            desc=f"{cfg.name} {cfg.fraction:g} fine-tune",
         )
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
-    log.info("%s: fine-tuned %d steps in %.0f s: %s", cfg.name, result.steps, result.seconds, result.history)
-    return result
 
 
 def run_pruning(
-    model: nn.Module,
-    cfg: Any,
-    ctx: CompressContext,
-    find: Callable[[nn.Module], list[Group]],
-    desc: str,
+    model: nn.Module, cfg: StructuredConfig, ctx: CompressContext, find: Callable[[nn.Module], list[Group]]
 ) -> nn.Module:
     """Find the groups, check the data a fine-tune needs before touching the model, score,
-    prune, fine-tune."""
+    prune, fine-tune. include / exclude match the group names, which are module names (the
+    attention module, the layer or MLP, the producing conv / linear)."""
     if cfg.epochs:
-        require_data(ctx.data, cfg.name, "to fine-tune (or set epochs: 0)")
-    groups = select_groups(model, find(model), cfg)
+        ctx.require_data(cfg.name, FIT_DATA, score=True)
+    found = find(model)
+    check_patterns(model, cfg.name, cfg.include, cfg.exclude)
+    groups = [g for g in found if matches(g.name, cfg.include, cfg.exclude)]
+    if not groups:
+        raise cfg.error("no structure to prune (check include/exclude)")
+    check_untied(model, groups, cfg.name)
     keeps = plan_keep(model, groups, cfg, ctx)
     before = sum(p.numel() for p in model.parameters())
-    removed = prune_groups(groups, keeps, cfg.name)
-    after = sum(p.numel() for p in model.parameters())
-    log.info("%s: removed %d units, parameters %d -> %d", cfg.name, removed, before, after)
-    finetune(model, cfg, ctx, desc)
+    for g, keep in zip(groups, keeps, strict=True):
+        n = g.n
+        prune_group(g, keep)
+        log.info("%s: '%s' keeps %d of %d %ss", cfg.name, g.name, g.n, n, g.unit)
+    log.info("%s: parameters %d -> %d", cfg.name, before, sum(p.numel() for p in model.parameters()))
+    finetune(model, cfg, ctx)
     return model

@@ -14,7 +14,7 @@ import dataclasses
 
 from torch import nn
 
-from ..base import CompressContext, register, register_config
+from ..base import CompressContext, between, param, register, register_config
 from .common import StructuredConfig, run_pruning
 from .groups import ffn_groups
 
@@ -29,9 +29,9 @@ class PruneFFNConfig(StructuredConfig):
     ``StructuredConfig`` for the other fields."""
 
     name = "prune-ffn"
-    fraction: float = 0.5
+    fraction: float = param(0.5, between(0, 1, hi_open=True))
 
 
 @register(PruneFFNConfig)
 def _prune_ffn(model: nn.Module, config: PruneFFNConfig, ctx: CompressContext) -> nn.Module:
-    return run_pruning(model, config, ctx, ffn_groups, f"prune-ffn {config.fraction:g} fine-tune")
+    return run_pruning(model, config, ctx, ffn_groups)

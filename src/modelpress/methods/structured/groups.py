@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
+from ...models.blocks import block_list
+from ..base import replace_module
 
 __all__ = [
     "Group",
     "Part",
     "attention_groups",
-    "block_list",
     "channel_groups",
     "check_untied",
     "ffn_groups",
@@ -264,23 +265,10 @@ def ffn_groups(model: nn.Module) -> list[Group]:
     return groups
 
 
-def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The transformer's list of blocks: the ModuleList of ``config.num_hidden_layers``
-    modules of one class (BERT ``bert.encoder.layer``, Llama ``model.layers``)."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and len(m) == n and len({type(b) for b in m}) == 1:
-            return name, m
-    raise ConfigError(
-        f"prune-layers found no list of {n} transformer blocks in {type(model).__name__}; it supports "
-        "transformers models whose blocks are one ModuleList of config.num_hidden_layers layers"
-    )
-
-
 def remove_blocks(model: nn.Module, keep: Sequence[int]) -> None:
     """Keep only the blocks ``keep`` (sorted), renumber their cache ``layer_idx`` and update
     ``config.num_hidden_layers`` (and ``config.layer_types``) so the config builds the same."""
-    name, blocks = block_list(model)
+    name, blocks = block_list(model, "prune-layers")
     if not keep:
         raise ConfigError("prune-layers would remove every block; lower the fraction")
     kept = nn.ModuleList([blocks[i] for i in keep])
@@ -288,8 +276,7 @@ def remove_blocks(model: nn.Module, keep: Sequence[int]) -> None:
         for sub in block.modules():
             if isinstance(getattr(sub, "layer_idx", None), int):
                 sub.layer_idx = new_idx
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, kept)
+    replace_module(model, name, kept)
     config = model.config  # shared by every submodule of a transformers model
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == len(blocks):

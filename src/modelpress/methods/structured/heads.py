@@ -36,4 +36,4 @@ class PruneHeadsConfig(StructuredConfig):
 
 @register(PruneHeadsConfig)
 def _prune_heads(model: nn.Module, config: PruneHeadsConfig, ctx: CompressContext) -> nn.Module:
-    return run_pruning(model, config, ctx, attention_groups, f"prune-heads {config.fraction:g} fine-tune")
+    return run_pruning(model, config, ctx, attention_groups)

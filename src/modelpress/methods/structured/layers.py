@@ -18,11 +18,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...models.blocks import block_list
 from ...primitives.importance import block_influence, n_to_remove, select_keep
-from ..base import CompressContext, MethodConfig, register, register_config
-from .common import _grads_on, calibration_batches, finetune, require_data, validate_common
-from .groups import block_list, remove_blocks
+from ..base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    CompressContext,
+    MethodConfig,
+    between,
+    one_of,
+    param,
+    register,
+    register_config,
+)
+from .common import FIT_DATA, IMPORTANCES, backward_passes, calibration, finetune, forward_passes
+from .groups import remove_blocks
 
 __all__ = ["PruneLayersConfig", "block_scores"]
 
@@ -40,75 +50,62 @@ class PruneLayersConfig(MethodConfig):
     """
 
     name = "prune-layers"
-    fraction: float = 0.25
-    importance: str = "activation"
-    calibration_batches: int = 8
-    batch_size: int = 32
-    epochs: int = 0
-    lr: float = 5e-5
-    max_steps: int | None = None
+    fraction: float = param(0.25, between(0, 1, hi_open=True))
+    importance: str = param("activation", one_of(*IMPORTANCES))
+    calibration_batches: int = param(8, POSITIVE)
+    batch_size: int = param(32, POSITIVE)
+    epochs: int = param(0, NON_NEGATIVE)
+    lr: float = param(5e-5, POSITIVE)
+    max_steps: int | None = param(None, POSITIVE)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        validate_common(self)
+    def validate(self) -> None:
         if self.importance == "l2":
-            raise ConfigError(
-                "prune-layers: a block's weight norm says nothing about what it contributes; "
+            raise self.error(
+                "a block's weight norm says nothing about what it contributes; "
                 "use importance 'activation' (Block Influence) or 'taylor'"
             )
 
 
-def block_scores(model: nn.Module, config: PruneLayersConfig, data: Any) -> torch.Tensor:
+def block_scores(model: nn.Module, config: PruneLayersConfig, ctx: CompressContext) -> torch.Tensor:
     """(n_blocks,) importance of each block on calibration batches; higher = keep."""
-    _, blocks = block_list(model)
+    _, blocks = block_list(model, config.name)
+    data, batches = calibration(config, ctx)
     scores = torch.zeros(len(blocks), dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        if config.importance == "activation":
+    if config.importance == "activation":
 
-            def hook(i: int):
-                def fn(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-                    x_in = args[0] if args else kwargs["hidden_states"]
-                    x_out = out[0] if isinstance(out, (tuple, list)) else out
-                    scores[i] += block_influence(x_in, x_out)
+        def hook(i: int):
+            def fn(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+                x_in = args[0] if args else kwargs["hidden_states"]
+                x_out = out[0] if isinstance(out, (tuple, list)) else out
+                scores[i] += block_influence(x_in, x_out)
 
-                return fn
+            return fn
 
-            handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-            try:
-                with torch.no_grad():
-                    for batch in calibration_batches(data, config):
-                        data.loss(model, batch)
-            finally:
-                for h in handles:
-                    h.remove()
-        else:
-            params = [list(b.parameters()) for b in blocks]
-            with _grads_on([p for ps in params for p in ps]):
-                for batch in calibration_batches(data, config):
-                    model.zero_grad(set_to_none=True)
-                    data.loss(model, batch).backward()
-                    for i, ps in enumerate(params):
-                        s = sum(float((p.detach() * p.grad).double().sum()) for p in ps if p.grad is not None)
-                        scores[i] += s * s
-                model.zero_grad(set_to_none=True)
-    finally:
-        model.train(was_training)
+        handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+        forward_passes(model, data, batches, handles)
+        return scores
+    params = [list(b.parameters()) for b in blocks]
+    for _ in backward_passes(model, data, batches, [p for ps in params for p in ps]):  # taylor
+        for i, ps in enumerate(params):
+            s = sum(float((p.detach() * p.grad).double().sum()) for p in ps if p.grad is not None)
+            scores[i] += s * s
     return scores
 
 
 @register(PruneLayersConfig)
 def _prune_layers(model: nn.Module, config: PruneLayersConfig, ctx: CompressContext) -> nn.Module:
-    data = require_data(ctx.data, config.name, "to score blocks")
-    _, blocks = block_list(model)
+    ctx.require_data(
+        config.name, FIT_DATA if config.epochs else "data to score blocks", score=config.epochs > 0
+    )
+    _, blocks = block_list(model, config.name)
     n = len(blocks)
     n_remove = n_to_remove(config.fraction, n)
     if n_remove >= n:
-        raise ConfigError(f"prune-layers: fraction {config.fraction} removes all {n} blocks; lower it")
-    scores = block_scores(model, config, data)
+        raise config.error(f"fraction {config.fraction} removes all {n} blocks; lower it")
+    scores = block_scores(model, config, ctx)
     keep = select_keep(scores, n_remove)
     log.info("prune-layers: keeps blocks %s of %d (scores %s)", keep, n, [round(float(s), 4) for s in scores])
     remove_blocks(model, keep)
-    finetune(model, config, ctx, f"prune-layers {config.fraction:g} fine-tune")
+    finetune(model, config, ctx)
     return model
