@@ -25,16 +25,13 @@ from pathlib import Path
 import torch
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _manifest_sha(path: Path) -> str:
-    """Hash of the manifest as ``save`` writes it, without its integrity digests (added after
-    this script's first baseline; everything else must stay byte for byte)."""
+def _manifest_bytes(path: Path, work: Path) -> bytes:
+    """The manifest as ``save`` writes it, without its integrity digests (added after this
+    script's first baseline) and with the work directory, which the models' own paths
+    (``_name_or_path``) contain, replaced by ``WORK``."""
     manifest = json.loads(path.read_text())
     manifest.pop("digests", None)
-    return hashlib.sha256(json.dumps(manifest, indent=1).encode()).hexdigest()[:16]
+    return json.dumps(manifest, indent=1).replace(str(work), "WORK").encode()
 
 
 def _tensors_sha(path: Path) -> str:
@@ -138,6 +135,9 @@ def main() -> int:
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--compare", help="an earlier output to compare with")
     ap.add_argument("--only", default="", help="comma-separated preset names (default: all)")
+    ap.add_argument(
+        "--models", default="", help="comma-separated: bert, llama, lenet-300-100, lenet-5 (default: all)"
+    )
     ap.add_argument("--debug", action="store_true", help="print the traceback of presets that fail")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -151,7 +151,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("MODELPRESS_CACHE", str(work / "cache"))
+        wanted = [m for m in args.models.split(",") if m]
         for model_name, task in _tasks(work):
+            if wanted and model_name not in wanted:
+                continue
             original = task.load_original(progress=False)
             inputs = task.example_inputs(2)
             for preset in names:
@@ -163,17 +166,10 @@ def main() -> int:
                     path = save(model, work / "art" / key)
                     rec = {
                         "weights": _tensors_sha(path / "model.safetensors"),
-                        "manifest": _manifest_sha(path / "manifest.json"),
-                        "bytes": len(
-                            json.dumps(
-                                {
-                                    k: v
-                                    for k, v in json.loads((path / "manifest.json").read_text()).items()
-                                    if k != "digests"
-                                },
-                                indent=1,
-                            ).encode()
-                        ),
+                        "manifest": hashlib.sha256(_manifest_bytes(path / "manifest.json", work)).hexdigest()[
+                            :16
+                        ],
+                        "bytes": len(_manifest_bytes(path / "manifest.json", work)),
                         "outputs": _out_sha(load(path), inputs),
                     }
                 except Exception as e:
