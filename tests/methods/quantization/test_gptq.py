@@ -1,7 +1,9 @@
 import pytest
 import torch
+from torch import nn
 
 import modelpress as mp
+from modelpress.data.calibration import calibration_batches, input_hooks, run_forward
 from modelpress.data.datasets import political_speeches
 from modelpress.methods.quantization import GPTQConfig, WeightOnlyConfig
 from modelpress.models.causal_lm import CausalLMTask
@@ -41,13 +43,37 @@ def test_gptq_on_llama_blocks_saves_and_loads(tmp_path, llama_task):
     assert [c.name for c in mp.recipe_of(model)] == ["gptq"]
 
 
-def test_gptq_on_bert_blocks_and_head(tiny_bert_dir, small_splits):
+def test_gptq_on_bert_blocks_and_head(tmp_path, tiny_bert_dir, small_splits):
     task = TextClassificationTask(local_source(str(tiny_bert_dir)), small_splits, seq_len=16)
+    original = task.load_original()
     cfg = GPTQConfig(bits=4, group_size=16, n_samples=8, batch_size=4, embeddings=False, act_order=False)
     model = mp.compress(task.load_original(), cfg, data=task, progress=False)
-    assert isinstance(model.bert.encoder.layer[0].attention.self.query, DecodedLinear)
-    assert isinstance(model.classifier, DecodedLinear)  # outside the blocks: calibrated by a full pass
+    rtn = mp.compress(task.load_original(), WeightOnlyConfig(bits=4, group_size=16, embeddings=False))
     assert not isinstance(model.bert.embeddings.word_embeddings, DecodedEmbedding)
+    linears = {n: m for n, m in original.named_modules() if isinstance(m, nn.Linear)}
+    # every Linear's inputs on the calibration batches GPTQ drew, through the float model
+    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+    batches = calibration_batches(task, "gptq", batch_size=4, n_samples=8)
+    with input_hooks(linears, lambda n, x: inputs[n].append(x)):
+        run_forward(original, task, batches, progress=False)
+    errors = {}
+    for name, lin in linears.items():
+        got, ref = model.get_submodule(name), rtn.get_submodule(name)
+        assert isinstance(got, DecodedLinear), name  # the pooler and classifier too: a full pass
+        w, x = lin.weight.detach(), torch.cat(inputs[name])
+        w_g, w_r = got.weight.decode(), ref.weight.decode()
+        assert 20 * torch.log10(w.norm() / (w - w_g).norm()) > 15.0, name  # SQNR floor of the weight
+        errors[name] = (float((x @ (w_g - w).T).norm()), float((x @ (w_r - w).T).norm()))
+    # the first block sees exactly the inputs GPTQ minimised its output error on: never worse than RTN
+    for name, (e_g, e_r) in errors.items():
+        if name.startswith("bert.encoder.layer.0."):
+            assert e_g <= e_r, name
+    assert sum(e for e, _ in errors.values()) < 0.9 * sum(e for _, e in errors.values())
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids).logits, mp.load(mp.save(model, tmp_path / "g"))(input_ids=ids).logits
+        )
 
 
 def test_gptq_needs_calibration_data(tiny_llama, llama_task):
@@ -61,17 +87,17 @@ def test_gptq_needs_calibration_data(tiny_llama, llama_task):
         def loss(self, *a):
             raise AssertionError
 
-    with pytest.raises(mp.ConfigError, match="calibration set is empty"):
+    with pytest.raises(mp.ConfigError, match="gave no batches for calibration"):
         mp.compress(tiny_llama, GPTQConfig(), data=Empty())
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"bits": 1}, "bits must be an integer in 2..8"),
-        ({"group_size": 0}, "group_size must be a positive integer"),
-        ({"damp": 0.0}, "damp must lie in"),
-        ({"n_samples": 0}, "n_samples must be a positive integer"),
+        ({"bits": 1}, r"bits must be an integer in \[2, 8\], got 1"),
+        ({"group_size": 0}, "group_size must be an integer positive, got 0"),
+        ({"damp": 0.0}, r"damp must be a number in \(0, 1\), got 0.0"),
+        ({"n_samples": 0}, "n_samples must be an integer positive, got 0"),
     ],
 )
 def test_bad_config(kwargs, message):

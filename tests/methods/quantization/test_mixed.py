@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import modelpress as mp
+from modelpress.data.calibration import calibration_batches
 from modelpress.formats.affine import AffineQuantized
 from modelpress.methods.quantization import MixedPrecisionConfig
-from modelpress.methods.quantization.calibration import calibration_batches
 from modelpress.methods.quantization.mixed import (
     LayerSensitivity,
     choose_bits,
@@ -46,7 +46,7 @@ def test_sensitivity_is_measured_per_layer(tiny_task):
     layers = quantizable_weights(model, cfg)
     n_selected = sum(isinstance(m, (nn.Linear, nn.Embedding)) for m in model.modules())
     assert len(layers) == n_selected  # no tied weights in BERT
-    batches = calibration_batches(tiny_task, "test", 32, 16)
+    batches = calibration_batches(tiny_task, "test", batch_size=16, n_samples=32)
     ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(input_ids=ids).logits
@@ -195,23 +195,25 @@ def test_bad_input(tiny_bert):
     with pytest.raises(mp.ConfigError, match="needs calibration data"):
         mp.compress(tiny_bert, MixedPrecisionConfig(), progress=False)
     model = TwoPaths()
-    with pytest.raises(mp.ConfigError, match="calibration set is empty"):
+    with pytest.raises(mp.ConfigError, match="gave no batches for calibration"):
         mp.compress(model, MixedPrecisionConfig(group_size=32), data=EmptyTask(model), progress=False)
     with pytest.raises(mp.ConfigError, match="below the smallest possible size"):
         mp.compress(model, MixedPrecisionConfig(avg_bits=1.5, group_size=32), data=ToyRegression(model))
     bad = [
-        ({"avg_bits": 0}, "avg_bits must be a positive number"),
-        ({"avg_bits": -4.0}, "avg_bits must be a positive number"),
-        ({"avg_bits": float("nan")}, "avg_bits must be a positive number"),
+        ({"avg_bits": 0}, r"avg_bits must be a number positive and finite"),
+        ({"avg_bits": -4.0}, r"avg_bits must be a number positive and finite"),
+        ({"avg_bits": float("nan")}, r"avg_bits must be a number positive and finite"),
+        ({"avg_bits": float("inf")}, r"avg_bits must be a number positive and finite"),
         ({"avg_bits": None}, "exactly one of avg_bits"),
         ({"max_loss_increase": 0.1}, "exactly one of avg_bits"),
-        ({"avg_bits": None, "max_loss_increase": -1.0}, "max_loss_increase must be"),
-        ({"candidate_bits": (1, 4)}, "candidate_bits must be integers in 2..8"),
-        ({"candidate_bits": (4, 9)}, "candidate_bits must be integers in 2..8"),
-        ({"candidate_bits": ()}, "candidate_bits must be integers in 2..8"),
+        ({"avg_bits": None, "max_loss_increase": -1.0}, "max_loss_increase must be a number non-negative"),
+        ({"candidate_bits": (1, 4)}, r"candidate_bits must be a list of values each in \[2, 8\]"),
+        ({"candidate_bits": (4, 9)}, r"candidate_bits must be a list of values each in \[2, 8\]"),
+        ({"candidate_bits": (4, 4.5)}, "candidate_bits must be a list of integers"),
+        ({"candidate_bits": ()}, r"candidate_bits must be a non-empty list of integers in \[2, 8\]"),
         ({"assignment": (("a", 9),)}, "bits must be integers in 2..8"),
         ({"pin": {"*": 1}}, "bits must be integers in 2..8"),
-        ({"n_samples": 0}, "n_samples must be a positive integer"),
+        ({"n_samples": 0}, "n_samples must be an integer positive"),
     ]
     for kwargs, msg in bad:
         with pytest.raises(mp.ConfigError, match=msg):

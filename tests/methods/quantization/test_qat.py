@@ -241,5 +241,7 @@ def test_qat_bad_input(tiny_bert):
     for bad in ({"bits": 1}, {"bits": 9}, {"lr": 0}, {"epochs": 0}, {"max_steps": 0}, {"group_size": 0}):
         with pytest.raises(mp.ConfigError, match="qat:"):
             QATConfig(**bad)
-    with pytest.raises(mp.ConfigError, match="no layer to quantize"):
+    with pytest.raises(mp.ConfigError, match=r"include pattern 'nothing\*' matches no module"):
         prepare_fake_quant(tiny_bert, QATConfig(include=("nothing*",)))
+    with pytest.raises(mp.ConfigError, match="no Linear layer matched"):
+        prepare_fake_quant(tiny_bert, QATConfig(embeddings=False, include=("*embeddings*",)))

@@ -154,7 +154,7 @@ def test_preset():
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, "0.5", True])
 def test_alpha_outside_unit_interval(alpha):
-    with pytest.raises(mp.ConfigError, match="alpha must lie in"):
+    with pytest.raises(mp.ConfigError, match="alpha must be a number"):
         SmoothQuantConfig(alpha=alpha)
 
 
@@ -169,7 +169,7 @@ def test_needs_calibration_data(tiny_bert):
         def loss(self, model, batch):
             raise AssertionError
 
-    with pytest.raises(mp.ConfigError, match="calibration set is empty"):
+    with pytest.raises(mp.ConfigError, match="gave no batches for calibration"):
         mp.compress(tiny_bert, SmoothQuantConfig(), data=Empty())
     with pytest.raises(mp.ConfigError, match="n_samples"):
         SmoothQuantConfig(n_samples=0)

@@ -58,8 +58,10 @@ def test_group_size_falls_back_to_a_divisor(tiny_bert, caplog):
     assert "groups of 32 (not 64, which does not divide rows of 32)" in caplog.text
     m = mp.compress(tiny_bert, WeightOnlyConfig(bits=4, group_size=5, embeddings=False))
     assert m.classifier.weight.group_size == 4
-    with pytest.raises(mp.ConfigError, match="no layer to quantize"):
+    with pytest.raises(mp.ConfigError, match="include pattern 'nothing' matches no module"):
         mp.compress(tiny_bert, WeightOnlyConfig(bits=4, include=("nothing",)))
+    with pytest.raises(mp.ConfigError, match="no Linear layer matched"):
+        mp.compress(tiny_bert, WeightOnlyConfig(bits=4, embeddings=False, include=("*embeddings*",)))
 
 
 @pytest.mark.parametrize(

@@ -19,25 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
-from ...nn.decoded import wrap_decoded
 from ...primitives.quant import choose_qparams, dequantize, quantize
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    param,
     register,
     register_config,
     register_preset,
-    replace_module,
-    select_modules,
 )
-from .calibration import calibration_batches, group_for, log_group_fallbacks
-from .gptq import rtn_modules, tied_weight_ids
+from ..transform import transform_weights
+from .calibration import calibrated_split, group_for, rtn_encode
 from .sequential import quantize_by_blocks
 
 __all__ = ["AWQConfig", "awq_search"]
@@ -55,27 +55,17 @@ class AWQConfig(MethodConfig):
     """
 
     name = "awq"
-    bits: int = 4
-    group_size: int | None = 128
+    bits: int = param(4, between(2, 8))
+    group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
     symmetric: bool = False
-    grid: int = 20
-    max_rows: int = 2048
-    n_samples: int = 64
-    batch_size: int = 8
+    grid: int = param(20, POSITIVE)
+    max_rows: int = param(2048, POSITIVE)
+    n_samples: int = param(64, POSITIVE)
+    batch_size: int = param(8, POSITIVE)
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise ConfigError(f"awq: bits must be an integer in 2..8, got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ConfigError(f"awq: group_size must be a positive integer or null, got {self.group_size!r}")
-        for f in ("grid", "max_rows", "n_samples", "batch_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"awq: {f} must be a positive integer, got {v!r}")
 
 
 def _rtn(w: torch.Tensor, bits: int, symmetric: bool, g: int | None):
@@ -113,56 +103,39 @@ def awq_search(
 
 @register(AWQConfig)
 def _awq(model: nn.Module, config: AWQConfig, ctx: CompressContext) -> nn.Module:
-    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = list(select_modules(model, types, config.include, config.exclude))
-    if not targets:
-        raise ConfigError("awq: no layer matched include/exclude")
-    log_group_fallbacks("awq", targets, config.group_size, config.strict_groups)
-    tied = tied_weight_ids(model)
-    rtn = [(n, m) for n, m in targets if not isinstance(m, nn.Linear) or id(m.weight) in tied]
-    searched = {n: m for n, m in targets if (n, m) not in rtn}
-    batches = calibration_batches(ctx.data, "awq", config.n_samples, config.batch_size)
-    stats: dict[str, dict[str, object]] = {}
+    searched, rtn, data, batches = calibrated_split(model, config, ctx)
+    abs_sum: dict[str, torch.Tensor] = {}  # (cols,) sum of |x| over the inputs seen
+    count: dict[str, int] = {}
+    rows: dict[str, list[torch.Tensor]] = {}  # a strided sample of input rows for the search
     per_batch = max(1, config.max_rows // len(batches))
 
     def observe(name: str, x: torch.Tensor) -> None:
         x = x.float()
         if not torch.isfinite(x).all():
             raise ValueError(f"awq: calibration inputs of {name} hold NaN or inf values")
-        st = stats.setdefault(name, {"sum": torch.zeros(x.shape[1]), "n": 0, "rows": []})
-        st["sum"] = st["sum"] + x.abs().sum(0)  # type: ignore[operator]
-        st["n"] = int(st["n"]) + x.shape[0]  # type: ignore[call-overload]
+        abs_sum[name] = abs_sum.get(name, torch.zeros(x.shape[1], device=x.device)) + x.abs().sum(0)
+        count[name] = count.get(name, 0) + x.shape[0]
         step = max(1, x.shape[0] // per_batch)
-        st["rows"].append(x[::step][:per_batch].clone())  # type: ignore[union-attr]
+        rows.setdefault(name, []).append(x[::step][:per_batch].clone())
 
     alphas: list[float] = []
 
-    def quantize_layers(mods: dict[str, nn.Module]) -> None:
-        for name, mod in mods.items():
-            st = stats.pop(name)
-            x = torch.cat(st["rows"])  # type: ignore[arg-type]
-            mean = st["sum"] / max(1, int(st["n"]))  # type: ignore[operator, call-overload]
-            g = group_for(mod.weight.shape[1], config.group_size)
-            alpha, s, _ = awq_search(
-                mod.weight, x, mean, config.bits, group_size=g, symmetric=config.symmetric, grid=config.grid
-            )
-            alphas.append(alpha)
-            q, sc, z = _rtn(mod.weight.detach().float() * s, config.bits, config.symmetric, g)
-            fmt = AffineQuantized.from_ints(mod.weight.shape, q, sc, z, config.bits, g, in_scale=s)
-            replace_module(model, name, wrap_decoded(mod, fmt))
-
-    if searched:
-        quantize_by_blocks(
-            model,
-            searched,
-            ctx.data,
-            batches,
-            observe,
-            quantize_layers,
-            desc=f"AWQ int{config.bits}",
-            progress=ctx.progress,
+    def encode(name: str, mod: Any) -> AffineQuantized:
+        x = torch.cat(rows.pop(name))
+        mean = abs_sum.pop(name) / max(1, count.pop(name))
+        g = group_for(mod.weight.shape[1], config.group_size)
+        alpha, s, _ = awq_search(
+            mod.weight, x, mean, config.bits, group_size=g, symmetric=config.symmetric, grid=config.grid
         )
-    rtn_modules(model, rtn, config.bits, config.group_size, config.symmetric)
+        alphas.append(alpha)
+        q, sc, z = _rtn(mod.weight.detach().float() * s, config.bits, config.symmetric, g)
+        return AffineQuantized.from_ints(mod.weight.shape, q, sc, z, config.bits, g, in_scale=s)
+
+    desc = f"AWQ int{config.bits}"
+    quantize_by_blocks(model, searched, data, batches, observe, encode, ctx, method=config.name, desc=desc)
+    transform_weights(
+        model, rtn, rtn_encode(config), ctx=ctx, method=config.name, desc=f"int{config.bits} RTN"
+    )
     if alphas:
         log.info(
             "awq: %d layers searched (alpha mean %.2f, %d at 0 = RTN), %d rounded to nearest",

@@ -1,27 +1,27 @@
-"""Calibration data for post-training methods (GPTQ, AWQ, SmoothQuant, static INT8 ...).
+"""What the quantization methods share: the layers they quantize, the group size each
+layer takes, and round to nearest as an ``encode`` for ``transform_weights``.
 
-``data`` is a task adapter (``models.tasks.TaskAdapter``): calibration batches come from its
-*train* split (never the evaluation split), and a forward pass is the task loss under
-``no_grad`` — so every task (classification, causal LM, images) calibrates the same way.
+Calibration passes (``calibration_batches``, ``run_forward``, ``input_hooks``) live in
+``data/calibration.py``; block-by-block calibration in ``sequential.py``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ...data.calibration import CalibrationData, calibration_batches
 from ...errors import ConfigError
+from ...formats.affine import AffineQuantized
+from ...models.blocks import tied_weight_ids
+from ..base import CompressContext, select
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibration_batches", "group_for", "input_hooks", "log_group_fallbacks", "run_forward"]
+__all__ = ["calibrated_split", "group_for", "log_group_fallbacks", "quant_targets", "rtn_encode"]
 
 
 def group_for(cols: int, group_size: int | None) -> int | None:
@@ -34,7 +34,7 @@ def group_for(cols: int, group_size: int | None) -> int | None:
 
 
 def log_group_fallbacks(
-    method: str, targets: Sequence[tuple[str, nn.Module]], group_size: int | None, strict: bool = False
+    method: str, targets: Sequence[tuple[str, Any]], group_size: int | None, strict: bool = False
 ) -> None:
     """Say, once per row width, which layers take a smaller group than asked (``group_for``);
     with ``strict`` (the configs' ``strict_groups``) such a layer is a ``ConfigError`` instead,
@@ -62,51 +62,41 @@ def log_group_fallbacks(
         )
 
 
-def calibration_batches(data: object, method: str, n_samples: int, batch_size: int) -> list[Any]:
-    """The first ``n_samples`` (rounded up to whole batches) of a seeded shuffle of train."""
-    for attr in ("batches", "loss"):
-        if not hasattr(data, attr):
-            raise ConfigError(f"{method}: needs calibration data (a task adapter as `data`)")
-    n_batches = max(1, -(-n_samples // batch_size))
-    batches = list(itertools.islice(data.batches("train", batch_size, shuffle_seed=0), n_batches))  # type: ignore[attr-defined]
-    if not batches:
-        raise ConfigError(f"{method}: the calibration set is empty")
-    return batches
+def quant_targets(model: nn.Module, config: Any, *, grouped: bool = True) -> list[tuple[str, Any]]:
+    """The Linear (and, with ``config.embeddings``, Embedding) layers ``config`` selects;
+    with ``grouped``, the layers whose rows ``config.group_size`` does not divide are logged
+    (or refused, with ``config.strict_groups``) before anything is quantized."""
+    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
+    targets = select(model, config, types)
+    if grouped:
+        log_group_fallbacks(config.name, targets, config.group_size, config.strict_groups)
+    return targets
 
 
-@torch.no_grad()
-def run_forward(
-    model: nn.Module,
-    data: object,
-    batches: Sequence[Any],
-    *,
-    desc: str = "calibrating",
-    progress: bool = True,
-) -> None:
-    """One no-grad forward pass of the model over the batches (the task loss is discarded)."""
-    was_training = model.training
-    model.eval()
-    try:
-        for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            data.loss(model, b)  # type: ignore[attr-defined]
-    finally:
-        model.train(was_training)
+def rtn_encode(config: Any) -> Callable[[str, nn.Module], AffineQuantized]:
+    """Round to nearest with ``config``'s bits, group size and symmetry (the ``affine``
+    format; a layer takes ``group_for`` its width)."""
+
+    def encode(_name: str, mod: Any) -> AffineQuantized:
+        w = mod.weight.detach()
+        group = group_for(int(w.shape[1]), config.group_size)
+        return AffineQuantized.encode(w, config.bits, symmetric=config.symmetric, group_size=group)
+
+    return encode
 
 
-@contextmanager
-def input_hooks(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-    """Call ``fn(name, x)`` with the input of each module (2-D: ``(tokens, features)``)."""
-
-    def hook(name: str) -> Callable[..., None]:
-        def run(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            fn(name, x.detach().reshape(-1, x.shape[-1]))
-
-        return run
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def calibrated_split(
+    model: nn.Module, config: Any, ctx: CompressContext
+) -> tuple[dict[str, Any], list[tuple[str, Any]], CalibrationData, list[Any]]:
+    """For GPTQ and AWQ: ``(calibrated, rounded, data, batches)``: the selected Linears
+    quantized from their calibration inputs, the layers rounded to nearest instead
+    (embeddings, and Linears whose weight is tied to another module: the inputs of an LM
+    head say nothing about the embedding lookup sharing its weight), the data and its
+    calibration batches."""
+    targets = quant_targets(model, config)
+    tied = tied_weight_ids(model)
+    rounded = [(n, m) for n, m in targets if not isinstance(m, nn.Linear) or id(m.weight) in tied]
+    calibrated = {n: m for n, m in targets if (n, m) not in rounded}
+    data = ctx.require_data(config.name)
+    batches = calibration_batches(data, config.name, batch_size=config.batch_size, n_samples=config.n_samples)
+    return calibrated, rounded, data, batches

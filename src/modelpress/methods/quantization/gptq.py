@@ -13,23 +13,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
+import torch
 from torch import nn
 
-from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
-from ...nn.decoded import wrap_decoded
 from ...primitives.gptq import HessianAccumulator, gptq_quantize
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    param,
     register,
     register_config,
     register_preset,
-    replace_module,
-    select_modules,
 )
-from .calibration import calibration_batches, group_for, log_group_fallbacks
+from ..transform import transform_weights
+from .calibration import calibrated_split, group_for, rtn_encode
 from .sequential import quantize_by_blocks
 
 __all__ = ["GPTQConfig"]
@@ -49,104 +51,52 @@ class GPTQConfig(MethodConfig):
     """
 
     name = "gptq"
-    bits: int = 4
-    group_size: int | None = 128
+    bits: int = param(4, between(2, 8))
+    group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
     symmetric: bool = False
     act_order: bool = True
-    damp: float = 0.01
-    block_size: int = 128
-    n_samples: int = 128
-    batch_size: int = 8
+    damp: float = param(0.01, between(0, 1, lo_open=True, hi_open=True))
+    block_size: int = param(128, POSITIVE)
+    n_samples: int = param(128, POSITIVE)
+    batch_size: int = param(8, POSITIVE)
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise ConfigError(f"gptq: bits must be an integer in 2..8, got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ConfigError(f"gptq: group_size must be a positive integer or null, got {self.group_size!r}")
-        if not 0 < self.damp < 1:
-            raise ConfigError(f"gptq: damp must lie in (0, 1), got {self.damp!r}")
-        for f in ("block_size", "n_samples", "batch_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"gptq: {f} must be a positive integer, got {v!r}")
-
-
-def tied_weight_ids(model: nn.Module) -> set[int]:
-    """ids of weights held by more than one module (tied embeddings / LM head)."""
-    seen: dict[int, int] = {}
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(w, nn.Parameter):
-            seen[id(w)] = seen.get(id(w), 0) + 1
-    return {k for k, v in seen.items() if v > 1}
-
-
-def rtn_modules(
-    model: nn.Module, modules: list[tuple[str, nn.Module]], bits: int, group_size: int | None, symmetric: bool
-) -> None:
-    """Round-to-nearest for the given modules, one shared format per tied weight."""
-    shared: dict[int, AffineQuantized] = {}
-    for name, mod in modules:
-        fmt = shared.get(id(mod.weight))
-        if fmt is None:
-            g = group_for(mod.weight.shape[1], group_size)
-            fmt = AffineQuantized.encode(mod.weight.detach(), bits, symmetric=symmetric, group_size=g)
-            shared[id(mod.weight)] = fmt
-        replace_module(model, name, wrap_decoded(mod, fmt))
-
 
 @register(GPTQConfig)
 def _gptq(model: nn.Module, config: GPTQConfig, ctx: CompressContext) -> nn.Module:
-    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = list(select_modules(model, types, config.include, config.exclude))
-    if not targets:
-        raise ConfigError("gptq: no layer matched include/exclude")
-    log_group_fallbacks("gptq", targets, config.group_size, config.strict_groups)
-    tied = tied_weight_ids(model)
-    rtn = [(n, m) for n, m in targets if not isinstance(m, nn.Linear) or id(m.weight) in tied]
-    hessian_layers = {n: m for n, m in targets if (n, m) not in rtn}
-    batches = calibration_batches(ctx.data, "gptq", config.n_samples, config.batch_size)
+    hessian_layers, rtn, data, batches = calibrated_split(model, config, ctx)
     acc: dict[str, HessianAccumulator] = {}
 
-    def observe(name: str, x) -> None:
+    def observe(name: str, x: torch.Tensor) -> None:
         if name not in acc:
             acc[name] = HessianAccumulator(x.shape[-1], x.device)
         acc[name].add(x)
 
-    def quantize(mods: dict[str, nn.Module]) -> None:
-        for name, mod in mods.items():
-            h = acc.pop(name).hessian()
-            g = group_for(mod.weight.shape[1], config.group_size)
-            q, scale, zp = gptq_quantize(
-                mod.weight.detach(),
-                h,
-                config.bits,
-                group_size=g,
-                symmetric=config.symmetric,
-                act_order=config.act_order,
-                damp=config.damp,
-                block_size=config.block_size,
-            )
-            fmt = AffineQuantized.from_ints(mod.weight.shape, q, scale, zp, config.bits, g)
-            replace_module(model, name, wrap_decoded(mod, fmt))
+    def encode(name: str, mod: Any) -> AffineQuantized:
+        g = group_for(mod.weight.shape[1], config.group_size)
+        q, scale, zp = gptq_quantize(
+            mod.weight.detach(),
+            acc.pop(name).hessian(),
+            config.bits,
+            group_size=g,
+            symmetric=config.symmetric,
+            act_order=config.act_order,
+            damp=config.damp,
+            block_size=config.block_size,
+        )
+        return AffineQuantized.from_ints(mod.weight.shape, q, scale, zp, config.bits, g)
 
     t0 = time.perf_counter()
-    if hessian_layers:
-        quantize_by_blocks(
-            model,
-            hessian_layers,
-            ctx.data,
-            batches,
-            observe,
-            quantize,
-            desc=f"GPTQ int{config.bits}",
-            progress=ctx.progress,
-        )
-    rtn_modules(model, rtn, config.bits, config.group_size, config.symmetric)
+    desc = f"GPTQ int{config.bits}"
+    quantize_by_blocks(
+        model, hessian_layers, data, batches, observe, encode, ctx, method=config.name, desc=desc
+    )
+    transform_weights(
+        model, rtn, rtn_encode(config), ctx=ctx, method=config.name, desc=f"int{config.bits} RTN"
+    )
     log.info(
         "gptq: %d layers by GPTQ, %d rounded to nearest, in %.1f s",
         len(hessian_layers),

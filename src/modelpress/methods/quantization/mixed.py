@@ -33,20 +33,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...data.calibration import CalibrationData, calibration_batches
 from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
-from ...nn.decoded import wrap_decoded
 from ..base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Check,
     CompressContext,
     MethodConfig,
+    between,
     matches,
+    param,
     register,
     register_config,
     register_preset,
     replace_module,
-    select_modules,
 )
-from .calibration import calibration_batches, group_for, log_group_fallbacks
+from ..transform import transform_weights
+from .calibration import group_for, quant_targets
 
 __all__ = [
     "LayerSensitivity",
@@ -91,57 +96,31 @@ class MixedPrecisionConfig(MethodConfig):
     """
 
     name = "mixed-precision"
-    candidate_bits: tuple[int, ...] = (2, 3, 4, 8)
-    avg_bits: float | None = 4.0
-    max_loss_increase: float | None = None
-    group_size: int | None = 128
+    candidate_bits: tuple[int, ...] = param((2, 3, 4, 8), between(2, 8), elements=True)
+    avg_bits: float | None = param(4.0, Check(lambda v: 0 < v < math.inf, "positive and finite"))
+    max_loss_increase: float | None = param(None, NON_NEGATIVE)
+    group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
     symmetric: bool = False
     embeddings: bool = True
     pin: tuple[tuple[str, int], ...] = ()
-    n_samples: int = 128
-    batch_size: int = 32
+    n_samples: int = param(128, POSITIVE)
+    batch_size: int = param(32, POSITIVE)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     assignment: tuple[tuple[str, int], ...] = ()
 
-    def __post_init__(self) -> None:
-        cands = self.candidate_bits
-        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in cands):
-            raise ConfigError(
-                f"mixed-precision: candidate_bits must be integers in 2..8, got {list(cands)!r}"
-            )
-        object.__setattr__(self, "candidate_bits", tuple(sorted(set(cands))))
+    def validate(self) -> None:
+        if not self.candidate_bits:
+            raise self.error("candidate_bits must be a non-empty list of integers in [2, 8]")
+        object.__setattr__(self, "candidate_bits", tuple(sorted(set(self.candidate_bits))))
         object.__setattr__(self, "pin", _pairs(self.pin, "pin"))
         object.__setattr__(self, "assignment", _pairs(self.assignment, "assignment"))
         if (self.avg_bits is None) == (self.max_loss_increase is None):
-            raise ConfigError(
-                "mixed-precision: give exactly one of avg_bits (a size budget) and "
-                "max_loss_increase (a quality tolerance); set the other to null"
+            raise self.error(
+                "give exactly one of avg_bits (a size budget) and max_loss_increase (a quality "
+                "tolerance); set the other to null"
             )
-        if self.avg_bits is not None and (
-            isinstance(self.avg_bits, bool)
-            or not isinstance(self.avg_bits, (int, float))
-            or not math.isfinite(self.avg_bits)
-            or self.avg_bits <= 0
-        ):
-            raise ConfigError(f"mixed-precision: avg_bits must be a positive number, got {self.avg_bits!r}")
-        if self.max_loss_increase is not None and (
-            isinstance(self.max_loss_increase, bool)
-            or not isinstance(self.max_loss_increase, (int, float))
-            or not self.max_loss_increase >= 0
-        ):
-            raise ConfigError(
-                f"mixed-precision: max_loss_increase must be a number >= 0, got {self.max_loss_increase!r}"
-            )
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ConfigError(
-                f"mixed-precision: group_size must be a positive integer or null, got {self.group_size!r}"
-            )
-        for f in ("n_samples", "batch_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"mixed-precision: {f} must be a positive integer, got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -168,13 +147,8 @@ class LayerSensitivity:
 
 def quantizable_weights(model: nn.Module, config: MixedPrecisionConfig) -> list[LayerSensitivity]:
     """The selected weights, one entry per distinct weight tensor (tied layers share one)."""
-    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = select_modules(model, types, config.include, config.exclude)
-    if not targets:
-        raise ConfigError("mixed-precision: no layer to quantize (check include/exclude)")
-    log_group_fallbacks("mixed-precision", targets, config.group_size, config.strict_groups)
     by_weight: dict[int, LayerSensitivity] = {}
-    for name, mod in targets:
+    for name, mod in quant_targets(model, config):
         entry = by_weight.get(id(mod.weight))
         if entry is None:
             w = mod.weight
@@ -186,21 +160,21 @@ def quantizable_weights(model: nn.Module, config: MixedPrecisionConfig) -> list[
     return list(by_weight.values())
 
 
-def _encode(model: nn.Module, layer: LayerSensitivity, bits: int, symmetric: bool) -> AffineQuantized:
-    w = model.get_submodule(layer.modules[0]).weight.detach()
-    return AffineQuantized.encode(w, bits, symmetric=symmetric, group_size=layer.group_size)
-
-
 @torch.no_grad()
-def _mean_loss(model: nn.Module, data: object, batches: Sequence[Any]) -> float:
-    return sum(float(data.loss(model, b)) for b in batches) / len(batches)  # type: ignore[attr-defined]
+def _mean_loss(model: nn.Module, data: CalibrationData, batches: Sequence[Any]) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        return sum(float(data.loss(model, b)) for b in batches) / len(batches)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
 def measure_sensitivity(
     model: nn.Module,
     layers: Sequence[LayerSensitivity],
-    data: object,
+    data: CalibrationData,
     batches: Sequence[Any],
     bits: Sequence[int] | Mapping[str, Sequence[int]],
     *,
@@ -211,28 +185,21 @@ def measure_sensitivity(
     ``bits[layer.name]``); the model is left as it was. Returns the float model's mean
     calibration loss."""
     widths = {layer.name: list(bits[layer.name] if isinstance(bits, Mapping) else bits) for layer in layers}
-    was_training = model.training
-    model.eval()
-    try:
-        base = _mean_loss(model, data, batches)
-        total = sum(len(w) for w in widths.values())
-        bar = tqdm(total=total, desc="layer sensitivity", disable=not progress, leave=False)
-        for layer in layers:
-            originals = {n: model.get_submodule(n) for n in layer.modules}
-            for b in widths[layer.name]:
-                fmt = _encode(model, layer, b, symmetric)
-                layer.nbytes[b] = fmt.stored_nbytes()
-                try:
-                    for n, mod in originals.items():  # only this weight quantized, as it will be stored
-                        replace_module(model, n, wrap_decoded(mod, fmt))
-                    layer.loss_increase[b] = _mean_loss(model, data, batches) - base
-                finally:
-                    for n, mod in originals.items():
-                        replace_module(model, n, mod)
-                bar.update(1)
-        bar.close()
-    finally:
-        model.train(was_training)
+    base = _mean_loss(model, data, batches)
+    bar = tqdm(
+        total=sum(map(len, widths.values())), desc="layer sensitivity", disable=not progress, leave=False
+    )
+    for layer in layers:
+        originals = {n: model.get_submodule(n) for n in layer.modules}
+        for b in widths[layer.name]:
+            try:  # only this weight quantized, as it will be stored
+                _apply(model, [layer], {layer.name: b}, symmetric)
+                layer.loss_increase[b] = _mean_loss(model, data, batches) - base
+            finally:
+                for n, mod in originals.items():
+                    replace_module(model, n, mod)
+            bar.update(1)
+    bar.close()
     return base
 
 
@@ -323,13 +290,23 @@ def choose_bits(
 
 
 def _apply(
-    model: nn.Module, layers: Sequence[LayerSensitivity], bits: Mapping[str, int], symmetric: bool
+    model: nn.Module,
+    layers: Sequence[LayerSensitivity],
+    bits: Mapping[str, int],
+    symmetric: bool,
+    ctx: CompressContext | None = None,
 ) -> None:
-    for layer in layers:
-        fmt = _encode(model, layer, bits[layer.name], symmetric)
-        layer.nbytes.setdefault(bits[layer.name], fmt.stored_nbytes())
-        for n in layer.modules:
-            replace_module(model, n, wrap_decoded(model.get_submodule(n), fmt))
+    """Quantize each layer's weight to ``bits[layer.name]`` (recording the bytes it stores)."""
+    layer_of = {n: layer for layer in layers for n in layer.modules}
+
+    def encode(name: str, mod: Any) -> AffineQuantized:
+        layer, b = layer_of[name], bits[layer_of[name].name]
+        fmt = AffineQuantized.encode(mod.weight.detach(), b, symmetric=symmetric, group_size=layer.group_size)
+        layer.nbytes[b] = fmt.stored_nbytes()
+        return fmt
+
+    targets = [(n, model.get_submodule(n)) for n in layer_of]
+    transform_weights(model, targets, encode, ctx=ctx, method="mixed-precision")
 
 
 def _log_table(layers: Sequence[LayerSensitivity], bits: Mapping[str, int], widths: Sequence[int]) -> None:
@@ -362,7 +339,7 @@ def _mixed(model: nn.Module, config: MixedPrecisionConfig, ctx: CompressContext)
                 "mixed-precision: the assignment does not fit this model: "
                 f"unknown layers {unknown[:3]}, layers without bits {missing[:3]}"
             )
-        _apply(model, layers, given, config.symmetric)
+        _apply(model, layers, given, config.symmetric, ctx)
         log.info("mixed-precision: recorded assignment applied, %.3f bits/weight", _avg_bits(layers, given))
         return model
     fixed: dict[str, int] = {}
@@ -371,20 +348,21 @@ def _mixed(model: nn.Module, config: MixedPrecisionConfig, ctx: CompressContext)
             if matches(layer.name, (pattern,), ()):
                 fixed[layer.name] = b
                 break
-    batches = calibration_batches(ctx.data, "mixed-precision", config.n_samples, config.batch_size)
+    data = ctx.require_data(config.name)
+    batches = calibration_batches(data, config.name, batch_size=config.batch_size, n_samples=config.n_samples)
     widths = {
         layer.name: [fixed[layer.name]] if layer.name in fixed else config.candidate_bits for layer in layers
     }
     base = measure_sensitivity(
-        model, layers, ctx.data, batches, widths, symmetric=config.symmetric, progress=ctx.progress
+        model, layers, data, batches, widths, symmetric=config.symmetric, progress=ctx.progress
     )
     total = sum(layer.numel for layer in layers)
     budget = None if config.avg_bits is None else config.avg_bits * total / 8
     bits = choose_bits(layers, budget_bytes=budget, max_loss_increase=config.max_loss_increase, fixed=fixed)
     estimate = sum(_monotone(layer.loss_increase)[bits[layer.name]] for layer in layers)
-    _apply(model, layers, bits, config.symmetric)
+    _apply(model, layers, bits, config.symmetric, ctx)
     _log_table(layers, bits, sorted(set(config.candidate_bits) | set(fixed.values())))
-    measured = _measured_increase(model, ctx.data, batches, base)
+    measured = _mean_loss(model, data, batches) - base
     log.info(
         "mixed-precision: %.3f bits/weight stored (budget %s), calibration loss %.4f, %+.4f "
         "(sum of per-layer increases %.4f)",
@@ -398,15 +376,6 @@ def _mixed(model: nn.Module, config: MixedPrecisionConfig, ctx: CompressContext)
         dataclasses.replace(config, assignment=tuple((layer.name, bits[layer.name]) for layer in layers))
     )
     return model
-
-
-def _measured_increase(model: nn.Module, data: object, batches: Sequence[Any], base: float) -> float:
-    was_training = model.training
-    model.eval()
-    try:
-        return _mean_loss(model, data, batches) - base
-    finally:
-        model.train(was_training)
 
 
 FAMILY = "quantization"

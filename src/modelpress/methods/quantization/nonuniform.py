@@ -15,29 +15,29 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...errors import ConfigError
 from ...formats.codebook import Codebook
-from ...nn.decoded import wrap_decoded
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    one_of,
+    param,
     register,
     register_config,
     register_preset,
-    replace_module,
-    select_modules,
 )
-from .calibration import group_for, log_group_fallbacks
+from ..transform import transform_weights
+from .calibration import group_for, quant_targets
 
 __all__ = ["NonUniformConfig", "nearest_level", "nf4_levels", "quantile_levels"]
 
-log = logging.getLogger(__name__)
 KINDS = ("nf4", "quantile")
 
 
@@ -81,28 +81,18 @@ class NonUniformConfig(MethodConfig):
     codebooks (``kind: quantile``, ``bits`` 1..8)."""
 
     name = "nonuniform"
-    kind: str = "nf4"
-    bits: int = 4
-    group_size: int = 64
+    kind: str = param("nf4", one_of(*KINDS))
+    bits: int = param(4, between(1, 8))
+    group_size: int = param(64, POSITIVE)
     strict_groups: bool = False
-    codebook_dtype: str = "float16"
+    codebook_dtype: str = param("float16", one_of("float32", "float16"))
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"nonuniform: unknown kind '{self.kind}' (use one of {', '.join(KINDS)})")
+    def validate(self) -> None:
         if self.kind == "nf4" and self.bits != 4:
-            raise ConfigError(f"nonuniform: nf4 has 4 bits, got bits={self.bits!r}")
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ConfigError(f"nonuniform: bits must be an integer in 1..8, got {self.bits!r}")
-        if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ConfigError(f"nonuniform: group_size must be a positive integer, got {self.group_size!r}")
-        if self.codebook_dtype not in ("float32", "float16"):
-            raise ConfigError(
-                f"nonuniform: codebook_dtype must be float32 or float16, got {self.codebook_dtype!r}"
-            )
+            raise self.error(f"nf4 has 4 bits, got bits={self.bits!r}")
 
 
 def encode_nf4(w: torch.Tensor, group_size: int, dtype: str = "float16") -> Codebook:
@@ -141,25 +131,17 @@ def encode_quantile(w: torch.Tensor, bits: int, dtype: str = "float16") -> Codeb
 
 @register(NonUniformConfig)
 def _nonuniform(model: nn.Module, config: NonUniformConfig, ctx: CompressContext) -> nn.Module:
-    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = list(select_modules(model, types, config.include, config.exclude))
-    if not targets:
-        raise ConfigError("nonuniform: no layer matched include/exclude")
-    if config.kind == "nf4":
-        log_group_fallbacks("nf4", targets, config.group_size, config.strict_groups)
-    shared: dict[int, Codebook] = {}
-    for name, mod in tqdm(targets, desc=config.kind, disable=not ctx.progress, leave=False):
+    targets = quant_targets(model, config, grouped=config.kind == "nf4")
+
+    def encode(name: str, mod: Any) -> Codebook:
         w = mod.weight.detach()
         if not torch.isfinite(w).all():
             raise ConfigError(f"nonuniform: {name} holds NaN or inf weights")
-        fmt = shared.get(id(mod.weight))
-        if fmt is None:
-            if config.kind == "nf4":
-                fmt = encode_nf4(w, config.group_size, config.codebook_dtype)
-            else:
-                fmt = encode_quantile(w, config.bits, config.codebook_dtype)
-            shared[id(mod.weight)] = fmt
-        replace_module(model, name, wrap_decoded(mod, fmt))
+        if config.kind == "nf4":
+            return encode_nf4(w, config.group_size, config.codebook_dtype)
+        return encode_quantile(w, config.bits, config.codebook_dtype)
+
+    transform_weights(model, targets, encode, ctx=ctx, method=config.name, desc=config.kind)
     return model
 
 

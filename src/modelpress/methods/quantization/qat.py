@@ -16,28 +16,29 @@ Esser et al., "Learned Step Size Quantization" (arXiv 1902.08153); Bhalgat et al
 from __future__ import annotations
 
 import dataclasses
-import logging
+from typing import Any
 
 from torch import nn
 
-from ...errors import ConfigError
+from ...formats.affine import AffineQuantized
 from ...nn.decoded import wrap_decoded
 from ...nn.fake_quant import FakeQuantEmbedding, FakeQuantLinear, WeightQuantizer
-from ...training.loop import FitResult, TrainConfig, fit
+from ...training import FitResult, TrainConfig, finetune_on_task
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    param,
     register,
     register_config,
     register_preset,
     replace_module,
-    select_modules,
 )
-from .calibration import group_for, log_group_fallbacks
+from ..transform import transform_weights
+from .calibration import group_for, quant_targets
 
 __all__ = ["QATConfig", "convert_fake_quant", "prepare_fake_quant", "train_fake_quant"]
-
-log = logging.getLogger(__name__)
 
 
 @register_config
@@ -52,49 +53,31 @@ class QATConfig(MethodConfig):
     """
 
     name = "qat"
-    bits: int = 4
-    group_size: int | None = 128
+    bits: int = param(4, between(2, 8))
+    group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
     symmetric: bool = False
     embeddings: bool = True
     learn_scale: bool = True
     learn_zero_point: bool = True
-    epochs: int = 1
-    lr: float = 5e-5
-    max_steps: int | None = None
-    batch_size: int = 32
+    epochs: int = param(1, POSITIVE)
+    lr: float = param(5e-5, POSITIVE)
+    max_steps: int | None = param(None, POSITIVE)
+    batch_size: int = param(32, POSITIVE)
     seed: int = 0
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise ConfigError(f"qat: bits must be an integer in 2..8, got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ConfigError(f"qat: group_size must be a positive integer or null, got {self.group_size!r}")
-        for f in ("epochs", "batch_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"qat: {f} must be a positive integer, got {v!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ConfigError(f"qat: max_steps must be a positive integer or null, got {self.max_steps!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"qat: lr must be > 0, got {self.lr!r}")
 
 
 def prepare_fake_quant(model: nn.Module, config: QATConfig) -> list[WeightQuantizer]:
     """Replace the selected layers by fake-quantized ones (in place); one quantizer per
     weight, shared by tied layers. Returns the quantizers."""
-    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = select_modules(model, types, config.include, config.exclude)
-    if not targets:
-        raise ConfigError("qat: no layer to quantize (check include/exclude)")
-    log_group_fallbacks("qat", targets, config.group_size, config.strict_groups)
+    # not ``transform_weights``: a quantizer is a trainable module, not a stored format
     shared: dict[int, WeightQuantizer] = {}
-    for name, mod in targets:
+    for name, mod in quant_targets(model, config):
         quantizer = shared.get(id(mod.weight))
         if quantizer is None:
-            quantizer = WeightQuantizer(
+            quantizer = shared[id(mod.weight)] = WeightQuantizer(
                 mod.weight.detach(),
                 config.bits,
                 group_for(mod.weight.shape[1], config.group_size),
@@ -102,81 +85,53 @@ def prepare_fake_quant(model: nn.Module, config: QATConfig) -> list[WeightQuanti
                 learn_scale=config.learn_scale,
                 learn_zero_point=config.learn_zero_point,
             )
-            shared[id(mod.weight)] = quantizer
-        wrapped = (
-            FakeQuantLinear(mod, quantizer)
-            if isinstance(mod, nn.Linear)
-            else FakeQuantEmbedding(mod, quantizer)
-        )
-        replace_module(model, name, wrapped)
+        fake = FakeQuantLinear if isinstance(mod, nn.Linear) else FakeQuantEmbedding
+        replace_module(model, name, fake(mod, quantizer))
     return list(shared.values())
 
 
-def convert_fake_quant(model: nn.Module) -> nn.Module:
+def convert_fake_quant(model: nn.Module, ctx: CompressContext | None = None) -> nn.Module:
     """Turn every fake-quantized layer into a ``DecodedLinear`` / ``DecodedEmbedding``
     holding the ``affine`` format of its trained quantizer (tied layers share one)."""
-    formats: dict[int, object] = {}
     layers = [
         (n, m) for n, m in model.named_modules() if isinstance(m, (FakeQuantLinear, FakeQuantEmbedding))
     ]
-    for name, mod in layers:
-        inner = mod.linear if isinstance(mod, FakeQuantLinear) else mod.embedding
-        fmt = formats.get(id(mod.quantizer))
-        if fmt is None:
-            fmt = formats[id(mod.quantizer)] = mod.quantizer.to_format(inner.weight.detach())
-        replace_module(model, name, wrap_decoded(inner, fmt))  # type: ignore[arg-type]
+
+    def encode(_name: str, mod: Any) -> AffineQuantized:
+        return mod.quantizer.to_format(mod.weight.detach())
+
+    def wrap(mod: Any, fmt: Any) -> nn.Module:
+        return wrap_decoded(mod.linear if isinstance(mod, FakeQuantLinear) else mod.embedding, fmt)
+
+    transform_weights(model, layers, encode, wrap=wrap, ctx=ctx, method="qat")
     return model
 
 
-def _require_data(data: object) -> None:
-    for attr in ("batches", "loss", "score"):
-        if not hasattr(data, attr):
-            raise ConfigError("qat needs training data: pass a task adapter (batches, loss, score) as `data`")
-
-
 def train_fake_quant(model: nn.Module, config: QATConfig, data: object, progress: bool = True) -> FitResult:
-    """Train a fake-quantized model (every parameter, scales and offsets included)."""
-    _require_data(data)
-    flags = {p: p.requires_grad for p in model.parameters()}
-    quant_params = {id(p) for m in model.modules() if isinstance(m, WeightQuantizer) for p in m.parameters()}
-    for p in model.parameters():
-        if id(p) not in quant_params:  # quantizer parameters keep their learn_* setting
-            p.requires_grad_(True)
-    try:
-        return fit(
-            model,
-            data.loss,  # type: ignore[attr-defined]
-            lambda epoch: data.batches("train", config.batch_size, shuffle_seed=config.seed + epoch),  # type: ignore[attr-defined]
-            TrainConfig(
-                epochs=config.epochs,
-                lr=config.lr,
-                max_steps=config.max_steps,
-                patience=None,
-                seed=config.seed,
-            ),
-            evaluate=lambda m: data.score(m, "validation"),  # type: ignore[attr-defined]
-            higher_is_better=bool(getattr(data, "higher_is_better", True)),
-            progress=progress,
-            desc=f"QAT int{config.bits}",
-        )
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
+    """Train a fake-quantized model: every parameter, and the quantizers' scales and offsets
+    as their ``learn_*`` settings say."""
+    quant = {id(p) for m in model.modules() if isinstance(m, WeightQuantizer) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad or id(p) not in quant]
+    return finetune_on_task(
+        model,
+        data,
+        TrainConfig(
+            epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, patience=None, seed=config.seed
+        ),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        params=params,
+        progress=progress,
+        desc=f"QAT int{config.bits}",
+    )
 
 
 @register(QATConfig)
 def _qat(model: nn.Module, config: QATConfig, ctx: CompressContext) -> nn.Module:
-    _require_data(ctx.data)  # fail before touching the model
-    quantizers = prepare_fake_quant(model, config)
-    result = train_fake_quant(model, config, ctx.data, ctx.progress)
-    log.info(
-        "qat: %d quantized weights trained for %d steps in %.0f s: %s",
-        len(quantizers),
-        result.steps,
-        result.seconds,
-        result.history,
-    )
-    return convert_fake_quant(model)
+    data = ctx.require_data(config.name, "training data", score=True)  # fail before touching the model
+    prepare_fake_quant(model, config)
+    train_fake_quant(model, config, data, ctx.progress)
+    return convert_fake_quant(model, ctx)
 
 
 FAMILY = "quantization"

@@ -19,34 +19,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import input_hooks, run_forward
+from ...data.calibration import CalibrationData, input_hooks, run_forward
+from ...models.blocks import blocks_holding
+from ..base import CompressContext
+from ..transform import Encode, transform_weights
 
-__all__ = ["find_blocks", "quantize_by_blocks"]
+__all__ = ["quantize_by_blocks"]
 
-# (name -> module) of the layers of one step, and a function that receives them with their
-# inputs observed: ``observe(name, x)`` was called for every batch before ``quantize``.
+# ``observe(name, x)`` is called with the inputs of each layer of a step for every batch,
+# then ``encode(name, module)`` gives the layer's format (``transform_weights`` puts it in).
 Observe = Callable[[str, torch.Tensor], None]
-Quantize = Callable[[dict[str, nn.Module]], None]
 
 
 class _Stop(Exception):
     pass
 
 
-def find_blocks(model: nn.Module, names: Sequence[str]) -> tuple[str, nn.ModuleList] | None:
-    """The ModuleList holding the most of the given layers (the transformer blocks)."""
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and len(m) > 1 and name:
-            count = sum(1 for n in names if n.startswith(name + "."))
-            if count and (best is None or count > best[0]):
-                best = (count, name, m)
-    return None if best is None else (best[1], best[2])
-
-
 @contextmanager
 def _no_cache(model: nn.Module):
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)
     old = getattr(cfg, "use_cache", None)
     if old is not None:
         cfg.use_cache = False  # replaying a block must not grow a KV cache
@@ -58,7 +49,7 @@ def _no_cache(model: nn.Module):
 
 
 def _capture_block_inputs(
-    model: nn.Module, block: nn.Module, data: object, batches: Sequence[Any], progress: bool
+    model: nn.Module, block: nn.Module, data: CalibrationData, batches: Sequence[Any], progress: bool
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
@@ -72,7 +63,7 @@ def _capture_block_inputs(
         with torch.no_grad():
             for b in tqdm(batches, desc="capturing block inputs", disable=not progress, leave=False):
                 try:
-                    data.loss(model, b)  # type: ignore[attr-defined]
+                    data.loss(model, b)
                 except _Stop:
                     pass
     finally:
@@ -95,29 +86,30 @@ def _with_hidden(
 def quantize_by_blocks(
     model: nn.Module,
     targets: dict[str, nn.Module],
-    data: object,
+    data: CalibrationData,
     batches: Sequence[Any],
     observe: Observe,
-    quantize: Quantize,
+    encode: Encode,
+    ctx: CompressContext,
     *,
+    method: str,
     desc: str,
-    progress: bool = True,
 ) -> None:
-    """Observe the inputs of ``targets`` block by block and quantize each block's layers.
-
-    ``quantize`` replaces the layers it is given in ``model``; inputs of later blocks are
-    computed with the earlier blocks already quantized.
-    """
+    """Observe the inputs of ``targets`` block by block and quantize each block's layers
+    (``transform_weights`` with ``encode``); inputs of later blocks are computed with the
+    earlier blocks already quantized."""
+    if not targets:
+        return
     was_training = model.training
     model.eval()
     try:
         with _no_cache(model):
-            found = find_blocks(model, list(targets))
+            found = blocks_holding(model, list(targets))
             rest = dict(targets)
             if found is not None:
                 prefix, blocks = found
-                inputs = _capture_block_inputs(model, blocks[0], data, batches, progress)
-                for i, block in enumerate(tqdm(blocks, desc=desc, disable=not progress, leave=False)):
+                inputs = _capture_block_inputs(model, blocks[0], data, batches, ctx.progress)
+                for i, block in enumerate(tqdm(blocks, desc=desc, disable=not ctx.progress, leave=False)):
                     p = f"{prefix}.{i}."
                     mine = {n: m for n, m in targets.items() if n.startswith(p)}
                     for n in mine:
@@ -127,12 +119,14 @@ def quantize_by_blocks(
                             with input_hooks(mine, observe):
                                 for args, kwargs in inputs:
                                     block(*args, **kwargs)
-                            quantize(mine)
+                            transform_weights(
+                                model, list(mine.items()), encode, ctx=ctx, method=method, desc=desc
+                            )
                         # the next block's inputs, through this (now quantized) block
                         inputs = [_with_hidden(a, k, _hidden(block(*a, **k))) for a, k in inputs]
             if rest:
                 with input_hooks(rest, observe):
-                    run_forward(model, data, batches, desc=f"{desc}: other layers", progress=progress)
-                quantize(rest)
+                    run_forward(model, data, batches, desc=f"{desc}: other layers", progress=ctx.progress)
+                transform_weights(model, list(rest.items()), encode, ctx=ctx, method=method, desc=desc)
     finally:
         model.train(was_training)

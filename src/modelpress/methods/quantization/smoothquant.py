@@ -36,20 +36,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.calibration import CalibrationData, calibration_batches, run_forward
 from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
+from ...models.blocks import tied_weight_ids
 from ...nn.int8 import Int8DynamicLinear, Int8Embedding, Int8SmoothLinear
 from ...primitives.activation import smoothing_factors
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    param,
     register,
     register_config,
     register_preset,
-    replace_module,
+    select,
     select_modules,
 )
-from .calibration import calibration_batches, run_forward
+from ..transform import transform_weights
 
 __all__ = ["FOLD_PATTERNS", "SmoothQuantConfig", "smooth"]
 
@@ -78,39 +83,13 @@ class SmoothQuantConfig(MethodConfig):
     """
 
     name = "smoothquant"
-    alpha: float = 0.5
+    alpha: float = param(0.5, between(0.0, 1.0))
     fold_norms: bool = True
-    n_samples: int = 128
-    batch_size: int = 8
+    n_samples: int = param(128, POSITIVE)
+    batch_size: int = param(8, POSITIVE)
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        n = self.name
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not 0.0 <= self.alpha <= 1.0
-        ):
-            raise ConfigError(f"{n}: alpha must lie in [0, 1] (0.5 in the paper), got {self.alpha!r}")
-        for f in ("n_samples", "batch_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{n}: {f} must be a positive integer, got {v!r}")
-        for f in ("include", "exclude"):
-            v = getattr(self, f)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"{n}: '{f}' must be a list of name patterns")
-
-
-def _tied_ids(model: nn.Module) -> set[int]:
-    seen: dict[int, int] = {}
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(w, nn.Parameter):
-            seen[id(w)] = seen.get(id(w), 0) + 1
-    return {k for k, v in seen.items() if v > 1}
 
 
 def _fold_groups(model: nn.Module, linears: dict[str, nn.Linear]) -> dict[str, list[str]]:
@@ -137,7 +116,7 @@ def _fold_groups(model: nn.Module, linears: dict[str, nn.Linear]) -> dict[str, l
 
 
 @torch.no_grad()
-def _fold(norm: nn.Module, s: torch.Tensor) -> bool:
+def _fold(norm: Any, s: torch.Tensor) -> bool:
     """Divide the norm's affine output by ``s``; True if it checks out numerically."""
     w = norm.weight
     x = torch.randn(4, w.shape[0], generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
@@ -162,10 +141,11 @@ def _fold(norm: nn.Module, s: torch.Tensor) -> bool:
 def smooth(
     model: nn.Module,
     config: SmoothQuantConfig,
-    data: Any,
+    data: CalibrationData,
     *,
     progress: bool = False,
     batches: list[Any] | None = None,
+    ctx: CompressContext | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """SmoothQuant's float transform of the selected Linears of ``model``, in place.
 
@@ -173,12 +153,15 @@ def smooth(
     multiplies every smoothed weight by ``s``. Returns, per selected Linear, the ``(in,)``
     divisor its input still needs at run time, or ``None`` when nothing is left to do (folded,
     tied, or never run). The model's float output is unchanged when those divisors are applied.
+    A Linear that never ran is noted through ``ctx`` (else logged as a warning).
     """
     n = config.name
-    linears: dict[str, nn.Linear] = dict(select_modules(model, (nn.Linear,), config.include, config.exclude))  # type: ignore[arg-type]
+    linears: dict[str, Any] = dict(
+        select_modules(model, (nn.Linear,), config.include, config.exclude, method=n)
+    )
     if batches is None:
-        batches = calibration_batches(data, n, config.n_samples, config.batch_size)
-    tied = _tied_ids(model)
+        batches = calibration_batches(data, n, batch_size=config.batch_size, n_samples=config.n_samples)
+    tied = tied_weight_ids(model)
     groups = _fold_groups(model, linears) if config.fold_norms else {}
     group_of = {lin: norm for norm, names in groups.items() for lin in names}
     act_max: dict[str, torch.Tensor] = {}
@@ -240,7 +223,11 @@ def smooth(
             log.info("%s: %s shares its weight with another module; not smoothed", n, name)
             out[name] = None
         elif name not in act_max:
-            log.warning("%s: %s never ran on the calibration data; not smoothed", n, name)
+            message = f"{n}: {name} never ran on the calibration data; not smoothed"
+            if ctx is not None:
+                ctx.note(message, logger=log)
+            else:
+                log.warning("%s", message)
             out[name] = None
         else:
             s = smoothing_factors(act_max[name], lin.weight.detach().abs().float().amax(0), config.alpha)
@@ -263,31 +250,30 @@ def smooth(
 @register(SmoothQuantConfig)
 def _smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: CompressContext) -> nn.Module:
     n = config.name
-    linears = dict(select_modules(model, (nn.Linear,), config.include, config.exclude))
-    embeddings = (
-        dict(select_modules(model, (nn.Embedding,), config.include, config.exclude))
-        if config.embeddings
-        else {}
-    )
-    if not linears and not embeddings:
-        raise ConfigError(f"{n}: no Linear or Embedding layer matched include/exclude")
-    batches = calibration_batches(ctx.data, n, config.n_samples, config.batch_size)
-    divisors = smooth(model, config, ctx.data, progress=ctx.progress, batches=batches)
-    by_weight: dict[int, AffineQuantized] = {}  # id(float weight) -> INT8 format (tied weights)
-    for name, emb in embeddings.items():
-        new = Int8Embedding.from_float(emb)
-        by_weight[id(emb.weight)] = new.weight
-        replace_module(model, name, new)
-    for name, lin in linears.items():
-        s = divisors[name]
-        if s is None:
-            new_lin: nn.Module = Int8DynamicLinear.from_float(lin, weight=by_weight.get(id(lin.weight)))
-        else:  # lin.weight is already W diag(s)
-            w = AffineQuantized.encode(lin.weight.detach(), bits=8)
-            b = lin.bias.detach().float().clone() if lin.bias is not None else None
-            new_lin = Int8SmoothLinear(w, b, s)
-        by_weight.setdefault(id(lin.weight), new_lin.weight)  # type: ignore[arg-type]
-        replace_module(model, name, new_lin)
+    targets = select(model, config, (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,))
+    data = ctx.require_data(n)
+    batches = calibration_batches(data, n, batch_size=config.batch_size, n_samples=config.n_samples)
+    divisors = smooth(model, config, data, progress=ctx.progress, batches=batches, ctx=ctx)
+    divisor: dict[nn.Module, torch.Tensor | None] = {
+        m: divisors[name] for name, m in targets if isinstance(m, nn.Linear)
+    }
+
+    def encode(_name: str, mod: Any) -> AffineQuantized:
+        return AffineQuantized.encode(mod.weight.detach(), bits=8)  # a smoothed weight is W diag(s) by now
+
+    def wrap(mod: Any, fmt: Any) -> nn.Module:
+        if isinstance(mod, nn.Embedding):
+            return Int8Embedding(fmt, mod.padding_idx)
+        s = divisor[mod]
+        return (
+            Int8DynamicLinear.from_float(mod, fmt)
+            if s is None
+            else Int8SmoothLinear.from_float(mod, fmt, smooth=s)
+        )
+
+    # Embeddings first: a Linear tied to one (an LM head, never smoothed) shares its INT8 weight
+    ordered = sorted(targets, key=lambda t: isinstance(t[1], nn.Linear))
+    transform_weights(model, ordered, encode, wrap=wrap, ctx=ctx, method=n)
     return model
 
 

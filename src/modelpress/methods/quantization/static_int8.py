@@ -22,25 +22,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ...data.calibration import calibration_batches, input_hooks, run_forward
 from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
 from ...nn.int8 import Int8DynamicLinear, Int8Embedding, Int8StaticLinear
 from ...primitives.activation import OBSERVERS, ActivationObserver
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    one_of,
+    param,
     register,
     register_config,
     register_preset,
-    replace_module,
-    select_modules,
+    select,
 )
-from .calibration import calibration_batches, input_hooks, run_forward
+from ..transform import Skip, transform_weights
 
 __all__ = ["StaticInt8Config", "encode_int8_weight", "layer_errors"]
 
@@ -57,59 +62,27 @@ class StaticInt8Config(MethodConfig):
     act_symmetric: symmetric activations (zero point 0) or asymmetric (a zero point, better
     for one-sided inputs such as GELU outputs); weight_granularity: ``channel`` | ``tensor``;
     n_samples / batch_size: calibration examples from the task's train split;
-    sample_size: activation values per layer kept by the percentile / mse observers;
+    sample_size: activation values per layer kept by the percentile / mse observers (at most
+    2**24, torch.quantile's limit);
     max_error_ratio / max_error: out-of-line thresholds on a layer's relative output error
     (``null`` disables one); fallback: ``dynamic`` (per-token INT8, or float if that is out of
     line too) or ``float`` for out-of-line layers.
     """
 
     name = "static-int8"
-    observer: str = "mse"
-    percentile: float = 99.99
+    observer: str = param("mse", one_of(*OBSERVERS))
+    percentile: float = param(99.99, between(50.0, 100.0, lo_open=True))
     act_symmetric: bool = False
-    weight_granularity: str = "channel"
-    n_samples: int = 128
-    batch_size: int = 8
-    sample_size: int = 1 << 18
-    max_error_ratio: float | None = 8.0
-    max_error: float | None = 0.25
-    fallback: str = "dynamic"
+    weight_granularity: str = param("channel", one_of("channel", "tensor"))
+    n_samples: int = param(128, POSITIVE)
+    batch_size: int = param(8, POSITIVE)
+    sample_size: int = param(1 << 18, between(1, 1 << 24))
+    max_error_ratio: float | None = param(8.0, between(1.0, lo_open=True))
+    max_error: float | None = param(0.25, POSITIVE)
+    fallback: str = param("dynamic", one_of("dynamic", "float"))
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        n = self.name
-        if self.observer not in OBSERVERS:
-            raise ConfigError(f"{n}: unknown observer '{self.observer}' (choose from {', '.join(OBSERVERS)})")
-        if not isinstance(self.percentile, (int, float)) or not 50.0 < self.percentile <= 100.0:
-            raise ConfigError(f"{n}: percentile must lie in (50, 100], got {self.percentile!r}")
-        if self.weight_granularity not in ("channel", "tensor"):
-            raise ConfigError(
-                f"{n}: weight_granularity must be 'channel' or 'tensor', got {self.weight_granularity!r}"
-            )
-        if self.fallback not in ("dynamic", "float"):
-            raise ConfigError(f"{n}: fallback must be 'dynamic' or 'float', got {self.fallback!r}")
-        for f in ("n_samples", "batch_size", "sample_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{n}: {f} must be a positive integer, got {v!r}")
-        if self.sample_size > 1 << 24:
-            raise ConfigError(f"{n}: sample_size must be at most 2**24 (torch.quantile's limit)")
-        if self.max_error_ratio is not None and not (
-            isinstance(self.max_error_ratio, (int, float)) and self.max_error_ratio > 1.0
-        ):
-            raise ConfigError(
-                f"{n}: max_error_ratio must be a number above 1 or null, got {self.max_error_ratio!r}"
-            )
-        if self.max_error is not None and not (
-            isinstance(self.max_error, (int, float)) and self.max_error > 0
-        ):
-            raise ConfigError(f"{n}: max_error must be a positive number or null, got {self.max_error!r}")
-        for f in ("include", "exclude"):
-            v = getattr(self, f)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"{n}: '{f}' must be a list of name patterns")
 
 
 def encode_int8_weight(w: torch.Tensor, granularity: str = "channel") -> AffineQuantized:
@@ -127,7 +100,7 @@ def encode_int8_weight(w: torch.Tensor, granularity: str = "channel") -> AffineQ
 def layer_errors(
     model: nn.Module,
     layers: dict[str, nn.Module],
-    candidates: dict[str, dict[str, nn.Module]],
+    candidates: Mapping[str, Mapping[str, nn.Module]],
     data: Any,
     batches: list[Any],
     *,
@@ -162,23 +135,13 @@ def _out_of_line(err: float, median: float, config: StaticInt8Config) -> bool:
     return config.max_error_ratio is not None and err > config.max_error_ratio * median
 
 
-def _note(ctx: CompressContext, msg: str) -> None:
-    log.warning(msg)
-    ctx.notes.append(msg)
-
-
 @register(StaticInt8Config)
 def _static_int8(model: nn.Module, config: StaticInt8Config, ctx: CompressContext) -> nn.Module:
     n = config.name
-    linears = dict(select_modules(model, (nn.Linear,), config.include, config.exclude))
-    embeddings = (
-        dict(select_modules(model, (nn.Embedding,), config.include, config.exclude))
-        if config.embeddings
-        else {}
-    )
-    if not linears and not embeddings:
-        raise ConfigError(f"{n}: no Linear or Embedding layer matched include/exclude")
-    batches = calibration_batches(ctx.data, n, config.n_samples, config.batch_size)
+    targets = select(model, config, (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,))
+    linears: dict[str, Any] = {name: m for name, m in targets if isinstance(m, nn.Linear)}
+    data = ctx.require_data(n)
+    batches = calibration_batches(data, n, batch_size=config.batch_size, n_samples=config.n_samples)
 
     # pass 1: one observer per Linear input
     observers = {
@@ -192,56 +155,72 @@ def _static_int8(model: nn.Module, config: StaticInt8Config, ctx: CompressContex
     }
     try:
         with input_hooks(linears, lambda name, x: observers[name].add(x)):
-            run_forward(model, ctx.data, batches, desc=f"{n}: observing", progress=ctx.progress)
+            run_forward(model, data, batches, desc=f"{n}: observing", progress=ctx.progress)
     except ValueError as e:  # NaN activations
         raise ConfigError(f"{n}: {e}") from None
 
     # candidates: static INT8 and, for the fallback, dynamic INT8 on the same INT8 weight
-    by_weight: dict[int, AffineQuantized] = {}  # id(float weight) -> INT8 format (tied weights)
-    candidates: dict[str, dict[str, nn.Module]] = {}
+    candidates: dict[str, dict[str, Int8StaticLinear | Int8DynamicLinear]] = {}
     for name, lin in linears.items():
-        obs = observers[name]
-        if obs.n == 0:
-            _note(ctx, f"{n}: {name} never ran on the calibration data; kept in float")
+        if observers[name].n == 0:
             continue
-        fmt = by_weight.get(id(lin.weight))
-        if fmt is None:
-            fmt = encode_int8_weight(lin.weight, config.weight_granularity)
-            by_weight[id(lin.weight)] = fmt
-        scale, zp = obs.qparams()
+        fmt = encode_int8_weight(lin.weight, config.weight_granularity)
+        scale, zp = observers[name].qparams()
         static = Int8StaticLinear.from_float(lin, scale, zp, act_symmetric=config.act_symmetric, weight=fmt)
         candidates[name] = {"static": static}
         if config.fallback == "dynamic":
             candidates[name]["dynamic"] = Int8DynamicLinear.from_float(lin, weight=fmt)
 
     # pass 2: each layer's own output error, then the out-of-line ones keep more precision
-    errors = layer_errors(model, linears, candidates, ctx.data, batches, progress=ctx.progress)
+    errors = layer_errors(model, linears, candidates, data, batches, progress=ctx.progress)
     median = statistics.median(e["static"] for e in errors.values()) if errors else 0.0
-    n_static = 0
-    for name, cands in candidates.items():
-        err = errors[name]
-        if not _out_of_line(err["static"], median, config):
-            replace_module(model, name, cands["static"])
-            n_static += 1
-            continue
-        why = f"static INT8 output error {err['static']:.4f} is out of line (median {median:.4f})"
-        if "dynamic" in err and not _out_of_line(err["dynamic"], median, config):
-            replace_module(model, name, cands["dynamic"])
-            _note(ctx, f"{n}: {name}: {why}; kept as dynamic per-token INT8 (error {err['dynamic']:.4f})")
+    kind: dict[nn.Module, Any] = {}  # float Linear -> "static", "dynamic" or Skip(why it stays)
+    for name, lin in linears.items():
+        err = errors.get(name)
+        if err is None:
+            kind[lin] = Skip("it never ran on the calibration data")
+        elif not _out_of_line(err["static"], median, config):
+            kind[lin] = "static"
         else:
-            dyn = f", dynamic INT8 {err['dynamic']:.4f}" if "dynamic" in err else ""
-            _note(ctx, f"{n}: {name}: {why}{dyn}; kept in float")
-    for name, emb in embeddings.items():
-        fmt = by_weight.get(id(emb.weight)) if config.weight_granularity == "channel" else None
-        new = Int8Embedding(fmt, emb.padding_idx) if fmt is not None else Int8Embedding.from_float(emb)
-        replace_module(model, name, new)
+            why = f"static INT8 output error {err['static']:.4f} is out of line (median {median:.4f})"
+            if "dynamic" in err and not _out_of_line(err["dynamic"], median, config):
+                kind[lin] = "dynamic"
+                ctx.note(
+                    f"{n}: {name}: {why}; kept as dynamic per-token INT8 (error {err['dynamic']:.4f})",
+                    logger=log,
+                )
+            else:
+                dyn = f", dynamic INT8 {err['dynamic']:.4f}" if "dynamic" in err else ""
+                kind[lin] = Skip(f"{why}{dyn}; kept in float")
+
+    def encode(name: str, mod: Any) -> AffineQuantized | Skip:
+        if isinstance(mod, nn.Embedding):
+            return encode_int8_weight(mod.weight)  # per row: the lookup gathers rows and their scales
+        k = kind[mod]
+        return k if isinstance(k, Skip) else candidates[name][k].weight
+
+    names = {m: name for name, m in linears.items()}
+
+    def wrap(mod: Any, fmt: Any) -> nn.Module:
+        if isinstance(mod, nn.Embedding):
+            # a per-tensor weight of a tied Linear stays the Linear's; the lookup keeps per-row scales
+            own = fmt if config.weight_granularity == "channel" else encode_int8_weight(mod.weight)
+            return Int8Embedding(own, mod.padding_idx)
+        chosen = candidates[names[mod]][kind[mod]]
+        chosen.weight = fmt  # the same values; one object for every Linear tied to this weight
+        return chosen
+
+    # Linears first: an Embedding tied to a Linear shares its INT8 weight
+    ordered = sorted(targets, key=lambda t: isinstance(t[1], nn.Embedding))
+    transform_weights(model, ordered, encode, wrap=wrap, ctx=ctx, method=n)
+    n_static = sum(1 for lin in linears.values() if kind[lin] == "static")
     log.info(
         "%s: %d Linear layers static INT8 (%s observer), %d kept at higher precision, %d Embeddings INT8",
         n,
         n_static,
         config.observer,
         len(linears) - n_static,
-        len(embeddings),
+        len(targets) - len(linears),
     )
     return model
 

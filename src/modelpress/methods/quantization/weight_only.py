@@ -9,28 +9,23 @@ and a zero point if asymmetric, per channel or group) and decoded at each call.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from torch import nn
-from tqdm.auto import tqdm
 
-from ...errors import ConfigError
-from ...formats.affine import AffineQuantized
-from ...nn.decoded import wrap_decoded
 from ..base import (
+    POSITIVE,
     CompressContext,
     MethodConfig,
+    between,
+    param,
     register,
     register_config,
     register_preset,
-    replace_module,
-    select_modules,
 )
-from .calibration import group_for, log_group_fallbacks
+from ..transform import transform_weights
+from .calibration import quant_targets, rtn_encode
 
 __all__ = ["WeightOnlyConfig"]
-
-log = logging.getLogger(__name__)
 
 
 @register_config
@@ -39,42 +34,21 @@ class WeightOnlyConfig(MethodConfig):
     """Round-to-nearest weight-only quantization of Linear (and Embedding) weights."""
 
     name = "weight-only"
-    bits: int = 4
-    group_size: int | None = 128
+    bits: int = param(4, between(2, 8))
+    group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
     symmetric: bool = False
     embeddings: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise ConfigError(f"weight-only: bits must be an integer in 2..8, got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise ConfigError(
-                f"weight-only: group_size must be a positive integer or null, got {self.group_size!r}"
-            )
-
 
 @register(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContext) -> nn.Module:
-    types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = select_modules(model, types, config.include, config.exclude)
-    if not targets:
-        raise ConfigError("weight-only: no layer to quantize (check include/exclude)")
-    log_group_fallbacks("weight-only", targets, config.group_size, config.strict_groups)
-    shared: dict[int, AffineQuantized] = {}
-    for name, mod in tqdm(targets, desc=f"int{config.bits} RTN", disable=not ctx.progress, leave=False):
-        fmt = shared.get(id(mod.weight))
-        if fmt is None:
-            fmt = AffineQuantized.encode(
-                mod.weight.detach(),
-                config.bits,
-                symmetric=config.symmetric,
-                group_size=group_for(mod.weight.shape[1], config.group_size),
-            )
-            shared[id(mod.weight)] = fmt
-        replace_module(model, name, wrap_decoded(mod, fmt))
+    targets = quant_targets(model, config)
+    transform_weights(
+        model, targets, rtn_encode(config), ctx=ctx, method=config.name, desc=f"int{config.bits} RTN"
+    )
     return model
 
 
