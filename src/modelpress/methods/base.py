@@ -91,10 +91,10 @@ def between(
 ) -> Check:
     """A number in a range; ``between(2, 8)`` is 2..8 inclusive, ``lo_open`` excludes ``lo``."""
 
-    def ok(v: Any) -> bool:
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return False
-        return not (hi is not None and (v >= hi if hi_open else v > hi))
+    def ok(v: Any) -> bool:  # written positively, so that NaN fails every range
+        above = lo is None or (v > lo if lo_open else v >= lo)
+        below = hi is None or (v < hi if hi_open else v <= hi)
+        return bool(above and below)
 
     if lo is not None and hi is not None:
         expect = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
@@ -105,8 +105,8 @@ def between(
     return Check(ok, expect)
 
 
-POSITIVE = Check(lambda v: v > 0, "positive")
-NON_NEGATIVE = Check(lambda v: v >= 0, "non-negative")
+POSITIVE = Check(lambda v: bool(v > 0), "positive")
+NON_NEGATIVE = Check(lambda v: bool(v >= 0), "non-negative")
 
 
 def one_of(*choices: Any) -> Check:

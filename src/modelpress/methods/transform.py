@@ -94,7 +94,9 @@ def transform_weights(
             fmt = got
             by_weight[key] = fmt
         else:
-            log.info("%s shares its %s format with a tied module", name, fmt.format_name)
+            log.info(
+                "%s shares its %s with a tied module", name, getattr(fmt, "format_name", type(fmt).__name__)
+            )
         replace_module(model, name, wrap(mod, fmt))
         result.formats[name] = fmt
     return result
