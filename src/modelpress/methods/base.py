@@ -190,7 +190,8 @@ class MethodConfig:
     name: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        for fname, shape, checks, elements in _field_rules(type(self)):
+        cls: type = type(self)  # plain ``type``: mypy sees ``type[MethodConfig]`` as unhashable
+        for fname, shape, checks, elements in _field_rules(cls):
             v = getattr(self, fname)
             if shape is not None:
                 kind, tp, optional = shape

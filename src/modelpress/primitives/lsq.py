@@ -55,7 +55,7 @@ def _parts(
 
 class _LSQ(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, w, scale, zero_point, bits, group_size, grad_scale):  # type: ignore[override]
+    def forward(ctx: Any, w, scale, zero_point, bits, group_size, grad_scale):
         v, q, z, s = _parts(w, scale, zero_point, bits, group_size)
         ctx.save_for_backward(v, q, s, *(() if z is None else (z,)))
         ctx.bits, ctx.has_zp, ctx.grad_scale = bits, z is not None, grad_scale
@@ -64,7 +64,7 @@ class _LSQ(torch.autograd.Function):
         return (out * s).reshape(w.shape)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor):
         if ctx.has_zp:
             v, q, s, z = ctx.saved_tensors
         else:

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ from .losses import (
     soft_kl,
 )
 from .students import default_kept_layers, layer_drop_student, narrow_student
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["DistillConfig", "distill"]
 
@@ -210,13 +213,13 @@ def _eager_attention(models: list[nn.Module], enabled: bool) -> Iterator[None]:
             impl = getattr(m.config, "_attn_implementation", None)
             saved.append((m, impl))
             if impl != "eager":
-                m.set_attn_implementation("eager")
+                cast("PreTrainedModel", m).set_attn_implementation("eager")
     try:
         yield
     finally:
         for m, impl in saved:
             if impl is not None and impl != "eager":
-                m.set_attn_implementation(impl)
+                cast("PreTrainedModel", m).set_attn_implementation(impl)
 
 
 @contextlib.contextmanager
@@ -448,7 +451,7 @@ def distill(
     adapter = src.adapter
     evaluate: Callable[[nn.Module], float] | None = None
     if adapter is not None:
-        evaluate = lambda m: adapter.score(m["student"], "validation")  # noqa: E731
+        evaluate = lambda m: adapter.score(cast(nn.ModuleDict, m)["student"], "validation")  # noqa: E731
     checkpoint = (
         Checkpointing(config.checkpoint_dir, config.checkpoint_every) if config.checkpoint_dir else None
     )
@@ -469,7 +472,8 @@ def distill(
             )
         result = fit(
             trainee,
-            objective,
+            # fit calls the loss with the model it trains: ``trainee``, a ModuleDict
+            cast("Callable[[nn.Module, Any], torch.Tensor]", objective),
             lambda epoch: src.batches(epoch, seed),
             train_cfg,
             evaluate=evaluate,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,14 +49,14 @@ def layer_drop_student(teacher: nn.Module, layers: Sequence[int] | None = None) 
     name, blocks = block_list(student, "distill (student: layer-drop)")
     new = nn.ModuleList([blocks[i] for i in kept])
     replace_module(student, name, new)
-    config = student.config
+    config: Any = student.config  # a transformers config: its fields depend on the model
     config.num_hidden_layers = len(kept)
     if getattr(config, "layer_types", None) is not None:  # per-layer attention kinds (Llama ...)
         config.layer_types = [config.layer_types[i] for i in kept]
     for new_idx, block in enumerate(new):
         for m in block.modules():  # caches index layers by position
             if hasattr(m, "layer_idx"):
-                m.layer_idx = new_idx
+                cast(Any, m).layer_idx = new_idx  # nn.Module types attributes as Tensor | Module
     return student
 
 
@@ -90,7 +91,8 @@ def narrow_student(teacher: nn.Module, width: float) -> nn.Module:
 
     if isinstance(teacher, LeNet300100):
         student: nn.Module = LeNet300100(
-            teacher.num_classes, hidden=tuple(_scaled(h, width, "hidden units") for h in teacher.hidden)
+            teacher.num_classes,
+            hidden=cast("tuple[int, int]", tuple(_scaled(h, width, "hidden units") for h in teacher.hidden)),
         )
         _slice_into(student, teacher)
         return student.to(next(teacher.parameters()).dtype)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,13 +76,18 @@ class Group:
         return [(t, d) for p in self.parts for t, d in _part_tensors(p.module, p.dim)]
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    """``m.weight`` of a layer known to have one (``nn.Module`` types attributes loosely)."""
+    return cast(torch.Tensor, m.weight)
+
+
 def _part_tensors(m: nn.Module, dim: int) -> list[tuple[torch.Tensor, int]]:
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         names = ["weight", "bias", "running_mean", "running_var"]
         return [(t, 0) for n in names if (t := getattr(m, n, None)) is not None]
-    out = [(m.weight, dim)]
+    out = [(_weight(m), dim)]
     if dim == 0 and getattr(m, "bias", None) is not None:
-        out.append((m.bias, 0))
+        out.append((cast(torch.Tensor, m.bias), 0))
     return out
 
 
@@ -139,13 +145,15 @@ def _shrink(m: nn.Module, dim: int, n: int, keep: Sequence[int]) -> None:
             setattr(m, pname, nn.Parameter(new, requires_grad=t.requires_grad))
         else:
             m._buffers[pname] = new
-    w = m.weight
+    w = cast("torch.Tensor | None", m.weight)  # None only for a norm without affine parameters
     if isinstance(m, nn.Linear):
+        assert w is not None
         m.out_features, m.in_features = w.shape
     elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        assert w is not None
         m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        m.num_features = (w if w is not None else m.running_mean).shape[0]
+        m.num_features = (w if w is not None else cast(torch.Tensor, m.running_mean)).shape[0]
 
 
 def prune_group(group: Group, keep: Sequence[int]) -> None:
@@ -195,13 +203,13 @@ def attention_groups(model: nn.Module) -> list[Group]:
             # Llama-style: q/k/v/o_proj; with GQA a unit is a KV head and its query heads
             hd = int(m.head_dim)
             k = _require_layer(f"{name}.k_proj", m.k_proj, what)
-            n_kv = k.weight.shape[0] // hd
+            n_kv = _weight(k).shape[0] // hd
             parts = [
                 Part(f"{name}.{p}", _require_layer(f"{name}.{p}", getattr(m, p), what), 0)
                 for p in ("q_proj", "k_proj", "v_proj")
             ]
             parts.append(Part(f"{name}.o_proj", _require_layer(f"{name}.o_proj", m.o_proj, what), 1))
-            group_size = parts[0].module.weight.shape[0] // (n_kv * hd)
+            group_size = _weight(parts[0].module).shape[0] // (n_kv * hd)
             attrs = [
                 (m, a, per)
                 for a, per in (("num_heads", group_size), ("num_key_value_heads", 1))
@@ -242,13 +250,13 @@ def ffn_groups(model: nn.Module) -> list[Group]:
                 ),
                 Part(f"{name}.output.dense", _require_layer(f"{name}.output.dense", out, what), 1),
             ]
-            n = parts[0].module.weight.shape[0]
+            n = _weight(parts[0].module).shape[0]
             groups.append(Group(name, n, parts, (f"{name}.output.dense", out, "input", -1), unit="neuron"))
         elif hasattr(m, "up_proj") and hasattr(m, "down_proj"):
             ups = [p for p in ("gate_proj", "up_proj") if hasattr(m, p)]
             parts = [Part(f"{name}.{p}", _require_layer(f"{name}.{p}", getattr(m, p), what), 0) for p in ups]
             parts.append(Part(f"{name}.down_proj", _require_layer(f"{name}.down_proj", m.down_proj, what), 1))
-            n = parts[0].module.weight.shape[0]
+            n = _weight(parts[0].module).shape[0]
             attrs = (
                 [(m, "intermediate_size", 1)]
                 if isinstance(getattr(m, "intermediate_size", None), int)
@@ -275,9 +283,9 @@ def remove_blocks(model: nn.Module, keep: Sequence[int]) -> None:
     for new_idx, block in enumerate(kept):
         for sub in block.modules():
             if isinstance(getattr(sub, "layer_idx", None), int):
-                sub.layer_idx = new_idx
+                cast(Any, sub).layer_idx = new_idx  # nn.Module types attributes as Tensor | Module
     replace_module(model, name, kept)
-    config = model.config  # shared by every submodule of a transformers model
+    config: Any = model.config  # shared by every submodule of a transformers model
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == len(blocks):
         config.layer_types = [layer_types[i] for i in keep]
@@ -344,8 +352,8 @@ def _is_flatten(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if (node.op == "call_function" and node.target is torch.flatten) or (
         node.op == "call_method" and node.target == "flatten"
     ):
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        start: object = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end: object = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         return start == 1 and end == -1
     return False
 
@@ -366,7 +374,7 @@ def _follow(
     Returns (parts, last batchnorm, reason it cannot be followed or None)."""
     parts: list[Part] = []
     bn: tuple[str, nn.Module] | None = None
-    channels = producer.weight.shape[0]
+    channels = _weight(producer).shape[0]
     conv = isinstance(producer, (nn.Conv1d, nn.Conv2d))
     stack: list[tuple[torch.fx.Node, bool]] = [(start, False)]  # (node, flattened)
     seen: set[torch.fx.Node] = set()
