@@ -19,8 +19,10 @@ def test_int8_dynamic_include_exclude(tiny_bert):
     q = mp.compress(tiny_bert, cfg)
     assert isinstance(q.classifier, torch.nn.Linear) and isinstance(q.bert.pooler.dense, torch.nn.Linear)
     assert isinstance(q.bert.embeddings.word_embeddings, torch.nn.Embedding)
-    with pytest.raises(mp.ConfigError, match="no Linear or Embedding"):
+    with pytest.raises(mp.ConfigError, match=r"include pattern 'nothing\.\*' matches no module"):
         mp.compress(tiny_bert, mp.Int8DynamicConfig(include=("nothing.*",)))
+    with pytest.raises(mp.ConfigError, match="no Embedding/Linear layer matched"):
+        mp.compress(tiny_bert, mp.Int8DynamicConfig(include="bert.encoder"))
 
 
 def test_int8_dynamic_quality_close_to_fp32(tiny_llama):
@@ -43,5 +45,10 @@ def test_cast(tiny_bert, dtype):
 
 
 def test_bad_config_types():
-    with pytest.raises(mp.ConfigError, match="list of name patterns"):
-        mp.Int8DynamicConfig(include="*")
+    assert mp.Int8DynamicConfig(include="*.attention.*").include == ("*.attention.*",)  # one pattern
+    with pytest.raises(mp.ConfigError, match="int8-dynamic: include must be a list of strings"):
+        mp.Int8DynamicConfig(include=("*", 3))
+    with pytest.raises(mp.ConfigError, match="embeddings must be true or false"):
+        mp.Int8DynamicConfig(embeddings="yes")
+    with pytest.raises(mp.ConfigError, match="cast: dtype must be a string one of float16"):
+        mp.CastConfig("int8")

@@ -135,14 +135,20 @@ def test_embedding_decodes_only_looked_up_rows(tiny_bert):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"bits": 0}, "bits must be an integer in 1..8"),
-        ({"bits": 9}, "bits must be an integer in 1..8"),
-        ({"granularity": "row"}, "unknown granularity 'row'"),
+        ({"bits": 0}, r"kmeans: bits must be an integer in \[1, 8\], got 0"),
+        ({"bits": 9}, r"bits must be an integer in \[1, 8\], got 9"),
+        ({"bits": 4.0}, "bits must be an integer, got 4.0"),
+        ({"granularity": "row"}, "granularity must be a string one of tensor, channel, group, group-scaled"),
         ({"granularity": "group"}, "needs a group_size"),
         ({"granularity": "group", "group_size": 8, "bits": 4}, "cannot fill 16 clusters"),
-        ({"init": "random"}, "unknown init"),
+        ({"granularity": "group", "group_size": 0}, "group_size must be an integer positive"),
+        ({"init": "random"}, "init must be a string one of linear"),
         ({"codebook_dtype": "int4"}, "codebook_dtype"),
+        ({"codebook_dtype": "int8", "granularity": "group-scaled", "group_size": 64}, "scaled per group"),
+        ({"coding": "huffman"}, "coding must be"),
+        ({"sparsity": "drop"}, "sparsity must be"),
         ({"layers": ("attention",)}, "layers must be"),
+        ({"include": 3}, "include must be a list of strings"),
     ],
 )
 def test_bad_configs(kwargs, message):
@@ -154,6 +160,8 @@ def test_more_clusters_than_weights(tiny_bert, caplog):
     m = mp.compress(tiny_bert, KMeansConfig(bits=8))  # token-type embeddings (2 x 32) are too small
     assert isinstance(m.bert.embeddings.token_type_embeddings, nn.Embedding)
     assert "token_type_embeddings left uncompressed" in caplog.text
+    notes = mp.compression_notes(m)  # also handed to the caller
+    assert any("bert.embeddings.token_type_embeddings left uncompressed" in n for n in notes)
     with pytest.raises(mp.ConfigError, match="every matched layer has fewer weights"):
         mp.compress(tiny_bert, KMeansConfig(bits=8, include=("*token_type*",)))
     with pytest.raises(mp.ConfigError, match="fewer than k = 16"):
@@ -187,3 +195,5 @@ def test_product_quantization(tmp_path, tiny_bert):
         assert torch.equal(mp.load(path)(input_ids=ids).logits, model(input_ids=ids).logits)
     with pytest.raises(mp.ConfigError, match="dim"):
         ProductQuantConfig(dim=1)
+    with pytest.raises(mp.ConfigError, match="no layer fits"):
+        mp.compress(tiny_bert, ProductQuantConfig(dim=3, include="*token_type*"))

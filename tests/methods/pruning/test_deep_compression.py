@@ -72,5 +72,5 @@ def test_deep_compression_lenet5(tmp_path):
 
 
 def test_conv_recipe_needs_conv_layers():
-    with pytest.raises(mp.ConfigError, match="no layer matched"):
+    with pytest.raises(mp.ConfigError, match="kmeans: no Conv1d/Conv2d layer matched"):
         mp.compress(LeNet300100(), deep_compression(conv=True)[1:2])

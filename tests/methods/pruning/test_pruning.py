@@ -145,6 +145,9 @@ def test_sparse_storage_method(tiny_bert):
     stored = mp.compress(dense, SparseStorageConfig())
     assert isinstance(stored.bert.encoder.layer[0].attention.self.query.weight, SparseTensor)
     assert isinstance(stored.classifier, nn.Linear)  # no zeros: stays dense
+    untouched = mp.compress(tiny_bert, SparseStorageConfig())
+    assert not any(isinstance(m, DecodedLinear) for m in untouched.modules())
+    assert any("no selected layer has enough zeros" in n for n in mp.compression_notes(untouched))
 
 
 @pytest.mark.parametrize("preset", [*PRUNE_PRESETS, "deep-compression", "deep-compression-fc"])
@@ -157,9 +160,10 @@ def test_presets_roundtrip_yaml(preset):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
-        ({"sparsity": -0.1}, r"sparsity must be in \[0, 1\)"),
-        ({"criterion": "random"}, "criterion must be one of"),
+        ({"sparsity": 1.0}, r"prune: sparsity must be a number in \[0, 1\), got 1.0"),
+        ({"sparsity": -0.1}, r"sparsity must be a number in \[0, 1\)"),
+        ({"sparsity": "half"}, "sparsity must be a number, got 'half'"),
+        ({"criterion": "random"}, "criterion must be a string one of magnitude, wanda, taylor"),
         ({"pattern": "2:4", "sparsity": 0.7}, "set sparsity=0.5"),
         ({"pattern": "4:2"}, "0 < N < M"),
         ({"layer_sparsity": ("fc1",)}, "look like"),
@@ -168,6 +172,12 @@ def test_presets_roundtrip_yaml(preset):
         ({"schedule": "cubic"}, "epochs >= 1"),
         ({"storage": "csr"}, "storage must be"),
         ({"layers": ("attention",)}, "layers must be"),
+        ({"layers": ()}, "layers must list some of"),
+        ({"epochs": -1}, "epochs must be an integer non-negative"),
+        ({"max_steps": 0}, "max_steps must be an integer positive"),
+        ({"index": "csr"}, "index must be"),
+        ({"ramp": 0.0}, "ramp must be"),
+        ({"sparsity": 0.3, "initial_sparsity": 0.5, "schedule": "cubic", "epochs": 1}, "must not exceed"),
     ],
 )
 def test_bad_configs(kwargs, message):
@@ -187,5 +197,7 @@ def test_bad_inputs(tiny_bert, tiny_llama):
         mp.compress(tiny_llama, PruneConfig(head=True))
     with pytest.raises(mp.ConfigError, match="needs training data"):
         mp.compress(tiny_llama, PruneConfig(epochs=1))
-    with pytest.raises(mp.ConfigError, match="no layer matched"):
+    with pytest.raises(mp.ConfigError, match="include pattern 'nothing\\*' matches no module"):
         mp.compress(tiny_llama, PruneConfig(include=("nothing*",)))
+    with pytest.raises(mp.ConfigError, match="no layer matched"):  # the output layer only
+        mp.compress(tiny_llama, PruneConfig(include="lm_head"))

@@ -7,8 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ...errors import ConfigError
-from ..base import CompressContext, MethodConfig, register, register_config, register_preset
+from ..base import CompressContext, MethodConfig, one_of, param, register, register_config, register_preset
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -19,11 +18,7 @@ class CastConfig(MethodConfig):
     """Cast every floating-point parameter and buffer to ``dtype``."""
 
     name = "cast"
-    dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"cast: dtype must be one of {', '.join(_DTYPES)}, got '{self.dtype}'")
+    dtype: str = param("float16", one_of(*_DTYPES))
 
 
 @register(CastConfig)

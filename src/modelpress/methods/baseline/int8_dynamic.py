@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from torch import nn
 
-from ...errors import ConfigError
 from ...formats.affine import AffineQuantized
 from ...nn.int8 import Int8DynamicLinear, Int8Embedding
-from ..base import (
-    CompressContext,
-    MethodConfig,
-    register,
-    register_config,
-    register_preset,
-    replace_module,
-    select_modules,
-)
+from ..base import CompressContext, MethodConfig, register, register_config, register_preset, select
+from ..transform import transform_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +35,30 @@ class Int8DynamicConfig(MethodConfig):
     exclude: tuple[str, ...] = ()
     embeddings: bool = True
 
-    def __post_init__(self) -> None:
-        for f in ("include", "exclude"):
-            v = getattr(self, f)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"int8-dynamic: '{f}' must be a list of name patterns")
+
+def _encode(_name: str, mod: Any) -> AffineQuantized:
+    return AffineQuantized.encode(mod.weight.detach(), bits=8)
+
+
+def _wrap(mod: Any, weight: Any) -> nn.Module:
+    if isinstance(mod, nn.Embedding):
+        return Int8Embedding(weight, mod.padding_idx)
+    bias = mod.bias.detach().float().clone() if mod.bias is not None else None
+    return Int8DynamicLinear(weight, bias)
 
 
 @register(Int8DynamicConfig)
 def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, ctx: CompressContext) -> nn.Module:
-    by_weight: dict[int, AffineQuantized] = {}  # id(original weight) -> its INT8 format (ties)
-    n_emb = n_lin = 0
-    if config.embeddings:
-        for name, emb in select_modules(model, (nn.Embedding,), config.include, config.exclude):
-            new = Int8Embedding.from_float(emb)
-            by_weight[id(emb.weight)] = new.weight
-            replace_module(model, name, new)
-            n_emb += 1
-    for name, lin in select_modules(model, (nn.Linear,), config.include, config.exclude):
-        shared = by_weight.get(id(lin.weight))
-        new = Int8DynamicLinear.from_float(lin, weight=shared)
-        by_weight.setdefault(id(lin.weight), new.weight)
-        replace_module(model, name, new)
-        n_lin += 1
-        if shared is not None:
-            log.info("%s shares its INT8 weight with a tied embedding", name)
-    if n_lin + n_emb == 0:
-        raise ConfigError("int8-dynamic: no Linear or Embedding layer matched include/exclude")
-    log.info("int8-dynamic: %d Linear and %d Embedding layers quantized", n_lin, n_emb)
+    types = (nn.Embedding, nn.Linear) if config.embeddings else (nn.Linear,)
+    done = transform_weights(
+        model,
+        select(model, config, types),
+        _encode,
+        wrap=_wrap,
+        ctx=ctx,
+        method=config.name,
+    )
+    log.info("int8-dynamic: %d Linear / Embedding layers quantized", len(done.replaced))
     return model
 
 

@@ -9,19 +9,17 @@ of Han et al. (2016). Runs through the one fine-tuning loop on the task's traini
 from __future__ import annotations
 
 import dataclasses
-import logging
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import ConfigError
 from ...formats.codebook import Codebook
-from ...training.loop import TrainConfig, fit
-from ..base import CompressContext, MethodConfig, register, register_config
+from ...training import TrainConfig, finetune_on_task, grads_on
+from ..base import POSITIVE, CompressContext, MethodConfig, param, register, register_config
 
 __all__ = ["CentroidFineTuneConfig", "finetune_codebooks"]
-
-log = logging.getLogger(__name__)
 
 
 @register_config
@@ -30,37 +28,21 @@ class CentroidFineTuneConfig(MethodConfig):
     """Train codebooks (and the uncompressed parameters when ``train_other``) on ``data``."""
 
     name = "finetune-centroids"
-    epochs: int = 1
-    lr: float = 1e-4
-    max_steps: int | None = None
-    batch_size: int = 32
+    epochs: int = param(1, POSITIVE)
+    lr: float = param(1e-4, POSITIVE)
+    max_steps: int | None = param(None, POSITIVE)
+    batch_size: int = param(32, POSITIVE)
     train_other: bool = True
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("finetune-centroids: epochs and batch_size must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"finetune-centroids: lr must be > 0, got {self.lr}")
 
-
-def _require_data(data: object) -> None:
-    for attr in ("batches", "loss", "score"):
-        if not hasattr(data, attr):
-            raise ConfigError(
-                "finetune-centroids needs training data: pass a task adapter (batches, loss, score) as `data`"
-            )
-
-
-def finetune_codebooks(
-    model: nn.Module, config: CentroidFineTuneConfig, data: object, progress: bool
-) -> None:
+def finetune_codebooks(model: nn.Module, config: CentroidFineTuneConfig, ctx: CompressContext) -> None:
     books = {id(m): m for m in model.modules() if isinstance(m, Codebook)}.values()
     if not books:
         raise ConfigError("finetune-centroids: the model has no codebook to train; put kmeans before it")
-    _require_data(data)
+    data = ctx.require_data(config.name, "training data", score=True)
     originals: list[tuple[Codebook, torch.dtype]] = []
-    params: list[torch.Tensor] = []
+    params: list[Any] = []  # the float codebooks: plain tensors, not parameters
     for b in books:
         originals.append((b, b.codebook.dtype))
         cb = b.float_codebook().detach().clone().requires_grad_(True)
@@ -68,32 +50,24 @@ def finetune_codebooks(
         if b.scale is not None and b.granularity != "group-scaled":
             b._buffers["scale"] = None  # folded into the float codebook while training
         params.append(cb)
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(config.train_other)
-    if config.train_other:
-        params += list(model.parameters())
+    others = list(model.parameters())
+    train = TrainConfig(
+        epochs=config.epochs, lr=config.lr, max_steps=config.max_steps, patience=None, seed=config.seed
+    )
     try:
-        fit(
-            model,
-            data.loss,  # type: ignore[attr-defined]
-            lambda epoch: data.batches("train", config.batch_size, shuffle_seed=config.seed + epoch),  # type: ignore[attr-defined]
-            TrainConfig(
-                epochs=config.epochs,
-                lr=config.lr,
-                max_steps=config.max_steps,
-                patience=None,
+        # the uncompressed parameters train too, or are frozen (no gradients computed)
+        with grads_on(others, on=config.train_other):
+            finetune_on_task(
+                model,
+                data,
+                train,
+                batch_size=config.batch_size,
                 seed=config.seed,
-            ),
-            evaluate=lambda m: data.score(m, "validation"),  # type: ignore[attr-defined]
-            higher_is_better=bool(getattr(data, "higher_is_better", True)),
-            params=params,
-            progress=progress,
-            desc="fine-tuning centroids",
-        )
+                params=params + others if config.train_other else params,
+                progress=ctx.progress,
+                desc="fine-tuning centroids",
+            )
     finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
         for b, dtype in originals:
             cb = b.codebook.detach()
             if dtype == torch.int8:
@@ -106,5 +80,5 @@ def finetune_codebooks(
 
 @register(CentroidFineTuneConfig)
 def _finetune(model: nn.Module, config: CentroidFineTuneConfig, ctx: CompressContext) -> nn.Module:
-    finetune_codebooks(model, config, ctx.data, ctx.progress)
+    finetune_codebooks(model, config, ctx)
     return model

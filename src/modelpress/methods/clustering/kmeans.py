@@ -9,18 +9,31 @@ entropy-coded) and decoded at run time.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...data.calibration import CalibrationData, calibration_batches
 from ...errors import ConfigError
 from ...formats.codebook import CODEBOOK_DTYPES, GRANULARITIES, Codebook
-from ...nn.decoded import wrap_decoded
 from ...primitives.kmeans import INITS, fit_kmeans, fit_kmeans_exact
-from ..base import CompressContext, MethodConfig, register, register_config, replace_module, select_modules
+from ...training import grads_on
+from ..base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    CompressContext,
+    MethodConfig,
+    between,
+    one_of,
+    param,
+    register,
+    register_config,
+    select,
+)
+from ..transform import Skip, transform_weights
 
 __all__ = ["KMeansConfig", "cluster_weight"]
 
@@ -55,56 +68,33 @@ class KMeansConfig(MethodConfig):
     """
 
     name = "kmeans"
-    bits: int = 4
-    granularity: str = "tensor"
-    group_size: int | None = None
-    init: str = "linear"
+    bits: int = param(4, between(1, 8))  # 2..256 clusters
+    granularity: str = param("tensor", one_of(*GRANULARITIES))
+    group_size: int | None = param(None, POSITIVE)
+    init: str = param("linear", one_of(*INITS))
     exact: bool = False
-    importance: str = "none"
-    importance_batches: int = 8
-    codebook_dtype: str = "float32"
-    coding: str = "packed"
-    sparsity: str = "auto"
-    layers: tuple[str, ...] = ("linear", "embedding", "conv")
+    importance: str = param("none", one_of("none", "fisher"))
+    importance_batches: int = param(8, POSITIVE)
+    codebook_dtype: str = param("float32", one_of(*CODEBOOK_DTYPES))
+    coding: str = param("packed", one_of("packed", "zstd", "auto"))
+    sparsity: str = param("auto", one_of("auto", "keep", "ignore"))
+    layers: tuple[str, ...] = param(("linear", "embedding", "conv"), one_of(*LAYER_TYPES), elements=True)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-    max_iter: int = 300
+    max_iter: int = param(300, NON_NEGATIVE)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ConfigError(f"kmeans: bits must be an integer in 1..8 (2..256 clusters), got {self.bits!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"kmeans: unknown granularity '{self.granularity}' (use one of {', '.join(GRANULARITIES)})"
-            )
+    def validate(self) -> None:
         if self.granularity.startswith("group"):
-            if not isinstance(self.group_size, int) or self.group_size < 1:
-                raise ConfigError(f"kmeans: granularity '{self.granularity}' needs a group_size >= 1")
+            if self.group_size is None:
+                raise self.error(f"granularity '{self.granularity}' needs a group_size >= 1")
             if self.granularity == "group" and self.group_size < 2**self.bits:
-                raise ConfigError(
-                    f"kmeans: a group of {self.group_size} weights cannot fill {2**self.bits} clusters; "
+                raise self.error(
+                    f"a group of {self.group_size} weights cannot fill {2**self.bits} clusters; "
                     "use a larger group_size or fewer bits"
                 )
-        if self.init not in INITS:
-            raise ConfigError(f"kmeans: unknown init '{self.init}' (use one of {', '.join(INITS)})")
-        if self.importance not in ("none", "fisher"):
-            raise ConfigError(f"kmeans: importance must be 'none' or 'fisher', got '{self.importance}'")
-        if self.codebook_dtype not in CODEBOOK_DTYPES:
-            raise ConfigError(f"kmeans: codebook_dtype must be one of {', '.join(CODEBOOK_DTYPES)}")
         if self.codebook_dtype == "int8" and self.granularity == "group-scaled":
-            raise ConfigError(
-                "kmeans: group-scaled codebooks are scaled per group already; use float16/float32"
-            )
-        if self.coding not in ("packed", "zstd", "auto"):
-            raise ConfigError(f"kmeans: coding must be packed, zstd or auto, got '{self.coding}'")
-        if self.sparsity not in ("auto", "keep", "ignore"):
-            raise ConfigError(f"kmeans: sparsity must be 'auto', 'keep' or 'ignore', got '{self.sparsity}'")
-        unknown = set(self.layers) - set(LAYER_TYPES)
-        if unknown or isinstance(self.layers, str):
-            raise ConfigError(
-                f"kmeans: layers must be a list from {', '.join(LAYER_TYPES)}, got {self.layers!r}"
-            )
+            raise self.error("group-scaled codebooks are scaled per group already; use float16/float32")
 
 
 def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
@@ -168,9 +158,8 @@ def cluster_weight(
     codes = codes.reshape(-1)
     if mask is not None:
         codes = codes[mask.reshape(-1)]
-    coding = config.coding
 
-    def build(c: str) -> Codebook:
+    def build(coding: str) -> Codebook:
         return Codebook.from_codes(
             w.shape,
             codes,
@@ -181,40 +170,31 @@ def cluster_weight(
             scale=scale,
             mask=mask,
             codebook_dtype=config.codebook_dtype,
-            coding=c,
+            coding=coding,
         )
 
-    if coding == "auto":
+    if config.coding == "auto":
         packed, entropy = build("packed"), build("zstd")
         return entropy if entropy.stored_nbytes() < packed.stored_nbytes() else packed
-    return build(coding)
+    return build(config.coding)
 
 
 def fisher_importance(
-    model: nn.Module, params: dict[str, nn.Parameter], data: object, n_batches: int, progress: bool
+    model: nn.Module, params: dict[str, nn.Parameter], data: CalibrationData, n_batches: int, progress: bool
 ) -> dict[str, torch.Tensor]:
     """Sum of squared gradients of the task loss per weight (diagonal Fisher information)."""
-    for attr in ("batches", "loss"):
-        if not hasattr(data, attr):
-            raise ConfigError("kmeans: importance='fisher' needs training data (a task adapter as `data`)")
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    batches = calibration_batches(data, "kmeans (importance='fisher')", batch_size=16, n_batches=n_batches)
     was_training = model.training
     model.eval()
-    flags = {n: p.requires_grad for n, p in params.items()}
-    for p in params.values():
-        p.requires_grad_(True)
-    batches = list(itertools.islice(data.batches("train", 16, shuffle_seed=0), n_batches))  # type: ignore[attr-defined]
-    if not batches:
-        raise ConfigError("kmeans: importance='fisher' got an empty calibration set")
-    for batch in tqdm(batches, desc="fisher importance", disable=not progress, leave=False):
+    with grads_on(params.values()):
+        for batch in tqdm(batches, desc="fisher importance", disable=not progress, leave=False):
+            model.zero_grad(set_to_none=True)
+            data.loss(model, batch).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    acc[n] += p.grad.detach().float() ** 2
         model.zero_grad(set_to_none=True)
-        data.loss(model, batch).backward()  # type: ignore[attr-defined]
-        for n, p in params.items():
-            if p.grad is not None:
-                acc[n] += p.grad.detach().float() ** 2
-    model.zero_grad(set_to_none=True)
-    for n, p in params.items():
-        p.requires_grad_(flags[n])
     model.train(was_training)
     return acc
 
@@ -222,35 +202,30 @@ def fisher_importance(
 @register(KMeansConfig)
 def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn.Module:
     types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
-    targets = select_modules(model, types, config.include, config.exclude)
-    if not targets:
-        raise ConfigError("kmeans: no layer matched include/exclude/layers")
+    targets: list[tuple[str, Any]] = select(model, config, types)
     k = 2**config.bits
-    small = [(n, m) for n, m in targets if _rows(m.weight, config).shape[1] < k]
-    for n, m in small:
-        log.warning(
-            "kmeans: %s left uncompressed: %d weights per codebook < k = %d",
-            n,
-            _rows(m.weight, config).shape[1],
-            k,
-        )
-    targets = [t for t in targets if t not in small]
-    if not targets:
+    per_book = {n: _rows(m.weight, config).shape[1] for n, m in targets}
+    fits = [(n, m) for n, m in targets if per_book[n] >= k]
+    if not fits:
         raise ConfigError(
             f"kmeans: every matched layer has fewer weights per codebook than k = {k} clusters; "
             "use fewer bits or a coarser granularity"
         )
     importance: dict[str, torch.Tensor] = {}
     if config.importance == "fisher":
-        importance = fisher_importance(
-            model, {n: m.weight for n, m in targets}, ctx.data, config.importance_batches, ctx.progress
-        )
-    shared: dict[int, Codebook] = {}  # id(original weight) -> its codebook (tied weights)
-    for name, mod in tqdm(targets, desc=f"kmeans {config.bits}-bit", disable=not ctx.progress, leave=False):
-        fmt = shared.get(id(mod.weight))
-        if fmt is None:
-            fmt = cluster_weight(mod.weight, config, importance=importance.get(name), name=name)
-            shared[id(mod.weight)] = fmt
-        replace_module(model, name, wrap_decoded(mod, fmt))
-    log.info("kmeans: clustered %d layers to %d bits (%s)", len(targets), config.bits, config.granularity)
+        data = ctx.require_data(config.name, "training data for importance='fisher'")
+        params = {n: m.weight for n, m in fits}
+        importance = fisher_importance(model, params, data, config.importance_batches, ctx.progress)
+
+    def encode(name: str, mod: Any) -> Codebook | Skip:
+        if per_book[name] < k:
+            return Skip(f"{per_book[name]} weights per codebook < k = {k}")
+        return cluster_weight(mod.weight, config, importance=importance.get(name), name=name)
+
+    done = transform_weights(
+        model, targets, encode, ctx=ctx, method=config.name, desc=f"kmeans {config.bits}-bit"
+    )
+    log.info(
+        "kmeans: clustered %d layers to %d bits (%s)", len(done.replaced), config.bits, config.granularity
+    )
     return model

@@ -5,22 +5,29 @@ sharing; Gong et al. 2014, arXiv 1412.6115)."""
 from __future__ import annotations
 
 import dataclasses
-import logging
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...errors import ConfigError
 from ...formats.pq import ProductQuantized
-from ...nn.decoded import wrap_decoded
 from ...primitives.kmeans import fit_kmeans_vectors
-from ..base import CompressContext, MethodConfig, register, register_config, replace_module, select_modules
+from ..base import (
+    NON_NEGATIVE,
+    CompressContext,
+    MethodConfig,
+    between,
+    one_of,
+    param,
+    register,
+    register_config,
+    select,
+)
+from ..transform import Skip, transform_weights
 from .kmeans import LAYER_TYPES
 
 __all__ = ["ProductQuantConfig"]
-
-log = logging.getLogger(__name__)
 
 
 @register_config
@@ -30,51 +37,41 @@ class ProductQuantConfig(MethodConfig):
     ``bits / dim`` bits per weight."""
 
     name = "pq"
-    bits: int = 8
-    dim: int = 4
-    layers: tuple[str, ...] = ("linear", "embedding", "conv")
+    bits: int = param(8, between(1, 8))
+    dim: int = param(4, between(2, 8))  # sub-vector size
+    layers: tuple[str, ...] = param(("linear", "embedding", "conv"), one_of(*LAYER_TYPES), elements=True)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-    max_iter: int = 25
+    max_iter: int = param(25, NON_NEGATIVE)
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ConfigError(f"pq: bits must be an integer in 1..8, got {self.bits!r}")
-        if not isinstance(self.dim, int) or not 2 <= self.dim <= 8:
-            raise ConfigError(f"pq: dim (sub-vector size) must be in 2..8, got {self.dim!r}")
-        if isinstance(self.layers, str) or set(self.layers) - set(LAYER_TYPES):
-            raise ConfigError(f"pq: layers must be a list from {', '.join(LAYER_TYPES)}, got {self.layers!r}")
 
 
 @register(ProductQuantConfig)
 def _pq(model: nn.Module, config: ProductQuantConfig, ctx: CompressContext) -> nn.Module:
     types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
+    targets: list[tuple[str, Any]] = select(model, config, types)
     k = 2**config.bits
-    targets = []
-    for n, m in select_modules(model, types, config.include, config.exclude):
-        cols = m.weight[0].numel()
-        if cols % config.dim or m.weight.numel() // config.dim < k:
-            log.warning("pq: %s left uncompressed (row length %d, %d weights)", n, cols, m.weight.numel())
-        else:
-            targets.append((n, m))
-    if not targets:
+
+    def fits(w: torch.Tensor) -> bool:
+        return w[0].numel() % config.dim == 0 and w.numel() // config.dim >= k
+
+    if not any(fits(m.weight) for _, m in targets):
         raise ConfigError(
             "pq: no layer fits (rows must divide into sub-vectors, and hold >= 2**bits of them)"
         )
-    shared: dict[int, ProductQuantized] = {}
-    for name, mod in tqdm(
-        targets, desc=f"pq {config.bits}-bit x {config.dim}", disable=not ctx.progress, leave=False
-    ):
-        fmt = shared.get(id(mod.weight))
-        if fmt is None:
-            w = mod.weight.detach().float()
-            c, codes, _ = fit_kmeans_vectors(
-                w.reshape(-1, config.dim), k, max_iter=config.max_iter, seed=config.seed
-            )
-            fmt = ProductQuantized(
-                w.shape, codes=codes.to(torch.uint8), codebook=c, bits=config.bits, dim=config.dim
-            )
-            shared[id(mod.weight)] = fmt
-        replace_module(model, name, wrap_decoded(mod, fmt))
+
+    def encode(name: str, mod: Any) -> ProductQuantized | Skip:
+        if not fits(mod.weight):
+            return Skip(f"row length {mod.weight[0].numel()}, {mod.weight.numel()} weights")
+        w = mod.weight.detach().float()
+        c, codes, _ = fit_kmeans_vectors(
+            w.reshape(-1, config.dim), k, max_iter=config.max_iter, seed=config.seed
+        )
+        return ProductQuantized(
+            w.shape, codes=codes.to(torch.uint8), codebook=c, bits=config.bits, dim=config.dim
+        )
+
+    transform_weights(
+        model, targets, encode, ctx=ctx, method=config.name, desc=f"pq {config.bits}-bit x {config.dim}"
+    )
     return model

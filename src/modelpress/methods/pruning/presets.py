@@ -6,13 +6,15 @@ for MiniLM (about one epoch of Rotten Tomatoes at batch 32).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..base import MethodConfig, register_preset
 from ..clustering.finetune import CentroidFineTuneConfig
 from ..clustering.kmeans import KMeansConfig
 from .prune import PruneConfig
 
 FAMILY = "pruning"
-_FT = {"epochs": 1, "max_steps": 300, "lr": 5e-5}
+_FT: dict[str, Any] = {"epochs": 1, "max_steps": 300, "lr": 5e-5}
 
 
 @register_preset(

@@ -18,12 +18,15 @@ import dataclasses
 import fnmatch
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...data.calibration import CalibrationData, calibration_batches, input_hooks, run_forward
 from ...errors import ConfigError
+from ...models.blocks import weight_owners
 from ...primitives.sparsity import (
     ActivationNorms,
     check_sparsity,
@@ -35,22 +38,29 @@ from ...primitives.sparsity import (
     row_mask,
     taylor_scores,
 )
-from ...training.loop import TrainConfig, fit
-from ..base import CompressContext, MethodConfig, matches, register, register_config
-from ..quantization.calibration import calibration_batches, input_hooks, run_forward
-from .storage import INDEX_CHOICES, to_sparse
+from ...training import TrainConfig, fit, grads_on
+from ..base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    CompressContext,
+    MethodConfig,
+    between,
+    one_of,
+    param,
+    register,
+    register_config,
+    select,
+)
+from .storage import INDEX_CHOICES, LAYER_TYPES, to_sparse
 
 __all__ = ["CRITERIA", "LAYER_TYPES", "PruneConfig", "compute_masks", "prune_targets"]
 
 log = logging.getLogger(__name__)
 
 CRITERIA = ("magnitude", "wanda", "taylor")
-LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
-    "linear": (nn.Linear,),
-    "conv": (nn.Conv1d, nn.Conv2d),
-    "embedding": (nn.Embedding,),
-}
 HEAD = "@head"  # layer_sparsity pattern that names the model's output layer
+Targets = dict[str, Any]  # layer name -> its Linear / Conv / Embedding module
+_FRACTION = between(0, 1, hi_open=True)
 
 
 def _parse_pattern(pattern: str | None) -> tuple[int, int] | None:
@@ -103,83 +113,52 @@ class PruneConfig(MethodConfig):
     """
 
     name = "prune"
-    sparsity: float = 0.5
-    criterion: str = "magnitude"
-    scope: str = "local"
+    sparsity: float = param(0.5, _FRACTION)
+    criterion: str = param("magnitude", one_of(*CRITERIA))
+    scope: str = param("local", one_of("local", "global"))
     pattern: str | None = None
     layer_sparsity: tuple[str, ...] = ()
-    layers: tuple[str, ...] = ("linear",)
+    layers: tuple[str, ...] = param(("linear",), one_of(*LAYER_TYPES), elements=True)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     head: bool = False
-    calibration_samples: int = 128
-    epochs: int = 0
-    lr: float = 5e-5
-    max_steps: int | None = None
-    batch_size: int = 32
-    schedule: str = "one-shot"
-    initial_sparsity: float = 0.0
-    prune_events: int = 10
-    ramp: float = 0.75
-    storage: str = "sparse"
-    index: str = "auto"
+    calibration_samples: int = param(128, POSITIVE)
+    epochs: int = param(0, NON_NEGATIVE)  # 0: no fine-tune
+    lr: float = param(5e-5, POSITIVE)
+    max_steps: int | None = param(None, POSITIVE)
+    batch_size: int = param(32, POSITIVE)
+    schedule: str = param("one-shot", one_of("one-shot", "cubic"))
+    initial_sparsity: float = param(0.0, _FRACTION)
+    prune_events: int = param(10, POSITIVE)
+    ramp: float = param(0.75, between(0, 1, lo_open=True))
+    storage: str = param("sparse", one_of("sparse", "dense"))
+    index: str = param("auto", one_of(*INDEX_CHOICES))
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        check_sparsity(self.sparsity, "prune: sparsity")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(
-                f"prune: criterion must be one of {', '.join(CRITERIA)}, got '{self.criterion}'"
-            )
-        if self.scope not in ("local", "global"):
-            raise ConfigError(f"prune: scope must be 'local' or 'global', got '{self.scope}'")
+    def validate(self) -> None:
         nm = _parse_pattern(self.pattern)
         if nm is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
-            raise ConfigError(
-                f"prune: pattern {self.pattern} keeps {nm[0]} of {nm[1]} weights: "
+            raise self.error(
+                f"pattern {self.pattern} keeps {nm[0]} of {nm[1]} weights: "
                 f"set sparsity={1 - nm[0] / nm[1]:g} (got {self.sparsity})"
             )
         if nm is not None and (self.scope == "global" or self.layer_sparsity):
-            raise ConfigError(
-                "prune: an N:M pattern fixes every layer's sparsity; drop scope / layer_sparsity"
-            )
-        layer_overrides = _parse_layer_sparsity(self.layer_sparsity)
-        if layer_overrides and self.scope == "global":
-            raise ConfigError("prune: layer_sparsity needs scope='local' (global uses one threshold)")
-        if isinstance(self.layers, str) or not self.layers or set(self.layers) - set(LAYER_TYPES):
-            raise ConfigError(
-                f"prune: layers must be a list from {', '.join(LAYER_TYPES)}, got {self.layers!r}"
-            )
+            raise self.error("an N:M pattern fixes every layer's sparsity; drop scope / layer_sparsity")
+        if _parse_layer_sparsity(self.layer_sparsity) and self.scope == "global":
+            raise self.error("layer_sparsity needs scope='local' (global uses one threshold)")
+        if not self.layers:
+            raise self.error(f"layers must list some of {', '.join(LAYER_TYPES)}")
         if self.criterion == "wanda" and set(self.layers) != {"linear"}:
-            raise ConfigError("prune: wanda scores Linear layers only (layers=['linear'])")
+            raise self.error("wanda scores Linear layers only (layers=['linear'])")
         if self.criterion == "wanda" and self.scope == "global":
-            raise ConfigError("prune: wanda compares weights within output rows; use scope='local'")
-        for f in ("calibration_samples", "batch_size", "prune_events"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"prune: {f} must be a positive integer, got {v!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ConfigError(f"prune: epochs must be an integer >= 0 (0: no fine-tune), got {self.epochs!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ConfigError(f"prune: max_steps must be a positive integer or null, got {self.max_steps!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"prune: lr must be > 0, got {self.lr!r}")
-        if self.schedule not in ("one-shot", "cubic"):
-            raise ConfigError(f"prune: schedule must be 'one-shot' or 'cubic', got '{self.schedule}'")
+            raise self.error("wanda compares weights within output rows; use scope='local'")
         if self.schedule == "cubic":
             if self.epochs < 1:
-                raise ConfigError("prune: the cubic schedule prunes during fine-tuning; set epochs >= 1")
+                raise self.error("the cubic schedule prunes during fine-tuning; set epochs >= 1")
             if self.criterion != "magnitude" or nm is not None:
-                raise ConfigError("prune: the cubic schedule prunes by magnitude, without an N:M pattern")
-            check_sparsity(self.initial_sparsity, "prune: initial_sparsity")
+                raise self.error("the cubic schedule prunes by magnitude, without an N:M pattern")
             if self.initial_sparsity > self.sparsity:
-                raise ConfigError("prune: initial_sparsity must not exceed sparsity")
-            if not 0 < self.ramp <= 1:
-                raise ConfigError(f"prune: ramp must be in (0, 1], got {self.ramp}")
-        if self.storage not in ("sparse", "dense"):
-            raise ConfigError(f"prune: storage must be 'sparse' or 'dense', got '{self.storage}'")
-        if self.index not in INDEX_CHOICES:
-            raise ConfigError(f"prune: index must be one of {', '.join(INDEX_CHOICES)}, got '{self.index}'")
+                raise self.error("initial_sparsity must not exceed sparsity")
 
 
 # -- selection ------------------------------------------------------------------------------
@@ -198,28 +177,18 @@ def head_names(model: nn.Module) -> set[str]:
     return out
 
 
-def prune_targets(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module]:
+def prune_targets(model: nn.Module, config: PruneConfig) -> Targets:
     """The selected layers, ``name -> module``, one entry per distinct weight; refuses a
     weight shared with a layer that is not selected (pruning it would prune both)."""
-    types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
     heads = head_names(model)
-    selected = {
-        n: m
-        for n, m in model.named_modules()
-        if n
-        and isinstance(m, types)
-        and matches(n, config.include, config.exclude)
-        and (config.head or n not in heads)
-    }
+    types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
+    selected = {n: m for n, m in select(model, config, types) if config.head or n not in heads}
     if not selected:
-        raise ConfigError("prune: no layer matched layers/include/exclude")
-    owners: dict[int, list[str]] = {}
-    for mname, mod in model.named_modules(remove_duplicate=False):
-        for pname, p in mod.named_parameters(recurse=False):
-            owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+        raise ConfigError("prune: no layer matched layers/include/exclude (the output layer needs head=True)")
+    owners = weight_owners(model)
     by_weight: dict[int, str] = {}
     for n, m in selected.items():
-        shared = [o for o in owners.get(id(m.weight), []) if o.rpartition(".")[0] not in selected]
+        shared = [f"{o}.weight" for o in owners.get(id(m.weight), []) if o not in selected]
         if shared:
             raise ConfigError(
                 f"prune: {n}.weight is tied to {', '.join(shared)} (shared weights); pruning it would "
@@ -239,45 +208,52 @@ def _layer_sparsity(name: str, config: PruneConfig, heads: set[str]) -> float:
 # -- scores ---------------------------------------------------------------------------------
 
 
+def _calibration(config: PruneConfig, ctx: CompressContext) -> tuple[CalibrationData, list[Any]]:
+    data = ctx.require_data(config.name, f"calibration data for criterion '{config.criterion}'")
+    batches = calibration_batches(
+        data,
+        f"prune ({config.criterion})",
+        batch_size=config.batch_size,
+        n_samples=config.calibration_samples,
+    )
+    return data, batches
+
+
 def _wanda_norms(
-    model: nn.Module, targets: dict[str, nn.Module], config: PruneConfig, ctx: CompressContext
+    model: nn.Module, targets: Targets, config: PruneConfig, ctx: CompressContext
 ) -> dict[str, torch.Tensor]:
-    batches = calibration_batches(ctx.data, "prune (wanda)", config.calibration_samples, config.batch_size)
+    data, batches = _calibration(config, ctx)
     acc = {n: ActivationNorms(m.weight.shape[1]) for n, m in targets.items()}
     with input_hooks(targets, lambda n, x: acc[n].add(x)):
-        run_forward(model, ctx.data, batches, desc="wanda calibration", progress=ctx.progress)
+        run_forward(model, data, batches, desc="wanda calibration", progress=ctx.progress)
     return {n: a.norms() for n, a in acc.items()}
 
 
 def _taylor(
-    model: nn.Module, targets: dict[str, nn.Module], config: PruneConfig, ctx: CompressContext
+    model: nn.Module, targets: Targets, config: PruneConfig, ctx: CompressContext
 ) -> dict[str, torch.Tensor]:
-    batches = calibration_batches(ctx.data, "prune (taylor)", config.calibration_samples, config.batch_size)
+    data, batches = _calibration(config, ctx)
     weights = {n: m.weight for n, m in targets.items()}
     scores = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
-    flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     model.eval()
     try:
-        for w in weights.values():
-            w.requires_grad_(True)
-        for b in tqdm(batches, desc="taylor importance", disable=not ctx.progress, leave=False):
-            model.zero_grad(set_to_none=True)
-            ctx.data.loss(model, b).backward()
-            for n, w in weights.items():
-                if w.grad is not None:
-                    scores[n] += taylor_scores(w, [w.grad])
+        with grads_on(weights.values()):
+            for b in tqdm(batches, desc="taylor importance", disable=not ctx.progress, leave=False):
+                model.zero_grad(set_to_none=True)
+                data.loss(model, b).backward()
+                for n, w in weights.items():
+                    if w.grad is not None:
+                        scores[n] += taylor_scores(w, [w.grad])
     finally:
         model.zero_grad(set_to_none=True)
-        for p, f in flags.items():
-            p.requires_grad_(f)
         model.train(was_training)
     return scores
 
 
 def compute_masks(
     model: nn.Module,
-    targets: dict[str, nn.Module],
+    targets: Targets,
     config: PruneConfig,
     ctx: CompressContext,
     sparsity_of: Callable[[str], float] | None = None,
@@ -309,31 +285,27 @@ def compute_masks(
 # -- fine-tuning with fixed masks -----------------------------------------------------------
 
 
-def _require_data(data: object, why: str) -> None:
-    for attr in ("batches", "loss", "score"):
-        if not hasattr(data, attr):
-            raise ConfigError(
-                f"prune: {why} needs training data: pass a task adapter (batches, loss, score) as `data`"
-            )
-
-
 @torch.no_grad()
-def apply_masks(targets: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+def apply_masks(targets: Targets, masks: dict[str, torch.Tensor]) -> None:
     for n, m in targets.items():
         m.weight.mul_(masks[n].to(m.weight.device, m.weight.dtype))
 
 
 def _finetune(
     model: nn.Module,
-    targets: dict[str, nn.Module],
+    targets: Targets,
     masks: dict[str, torch.Tensor],
     config: PruneConfig,
     ctx: CompressContext,
 ) -> None:
     """Fine-tune every parameter with the masks fixed: masked gradients (so Adam's moments
     stay zero there) and masks re-applied after each step (weight decay, rounding). With the
-    cubic schedule the masks grow at the pruning events (magnitude of the current weights)."""
-    data = ctx.data
+    cubic schedule the masks grow at the pruning events (magnitude of the current weights).
+
+    Through ``fit`` itself, not ``finetune_on_task``: the masks need its ``after_step`` hook,
+    and gradual pruning keeps the last weights (no validation, no best-epoch restore: an
+    earlier epoch is less sparse)."""
+    data = ctx.require_data(config.name, "training data for fine-tuning (epochs > 0)", score=True)
     steps_per_epoch = sum(1 for _ in data.batches("train", config.batch_size, shuffle_seed=config.seed))
     total = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -357,10 +329,6 @@ def _finetune(
     gradual = config.schedule == "cubic"
     if gradual:
         prune_at(0)
-    hooks = [m.weight.register_hook(lambda g, n=n: g * masks[n].to(g.dtype)) for n, m in targets.items()]
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(True)
 
     def after_step(m: nn.Module, step: int) -> None:
         if gradual and step % freq == 0 and step <= n_events * freq:
@@ -368,31 +336,30 @@ def _finetune(
         else:
             apply_masks(targets, masks)
 
+    hooks = [m.weight.register_hook(lambda g, n=n: g * masks[n].to(g.dtype)) for n, m in targets.items()]
     try:
-        result = fit(
-            model,
-            data.loss,
-            lambda epoch: data.batches("train", config.batch_size, shuffle_seed=config.seed + epoch),
-            TrainConfig(
-                epochs=config.epochs,
-                lr=config.lr,
-                max_steps=config.max_steps,
-                patience=None,
-                seed=config.seed,
-            ),
-            # gradual pruning keeps the last weights (an earlier epoch is less sparse)
-            evaluate=None if gradual else (lambda m: data.score(m, "validation")),
-            higher_is_better=bool(getattr(data, "higher_is_better", True)),
-            steps_per_epoch=steps_per_epoch,
-            after_step=after_step,
-            progress=ctx.progress,
-            desc="pruned fine-tune" + (" (gradual)" if gradual else ""),
-        )
+        with grads_on(model.parameters()):
+            result = fit(
+                model,
+                data.loss,
+                lambda epoch: data.batches("train", config.batch_size, shuffle_seed=config.seed + epoch),
+                TrainConfig(
+                    epochs=config.epochs,
+                    lr=config.lr,
+                    max_steps=config.max_steps,
+                    patience=None,
+                    seed=config.seed,
+                ),
+                evaluate=None if gradual else (lambda m: data.score(m, "validation")),
+                higher_is_better=bool(getattr(data, "higher_is_better", True)),
+                steps_per_epoch=steps_per_epoch,
+                after_step=after_step,
+                progress=ctx.progress,
+                desc="pruned fine-tune" + (" (gradual)" if gradual else ""),
+            )
     finally:
         for h in hooks:
             h.remove()
-        for p, f in flags.items():
-            p.requires_grad_(f)
     if gradual:  # the final sparsity exactly, whatever step the run stopped at
         prune_at(n_events * freq)
     apply_masks(targets, masks)
@@ -401,14 +368,11 @@ def _finetune(
 
 @register(PruneConfig)
 def _prune(model: nn.Module, config: PruneConfig, ctx: CompressContext) -> nn.Module:
+    # the data is checked before anything is pruned
     if config.criterion != "magnitude":
-        for attr in ("batches", "loss"):
-            if not hasattr(ctx.data, attr):
-                raise ConfigError(
-                    f"prune: criterion '{config.criterion}' needs calibration data (a task adapter as `data`)"
-                )
+        ctx.require_data(config.name, f"calibration data for criterion '{config.criterion}'")
     if config.epochs > 0:
-        _require_data(ctx.data, "fine-tuning (epochs > 0)")
+        ctx.require_data(config.name, "training data for fine-tuning (epochs > 0)", score=True)
     targets = prune_targets(model, config)
     if config.schedule == "cubic":
         masks: dict[str, torch.Tensor] = {}
@@ -423,5 +387,5 @@ def _prune(model: nn.Module, config: PruneConfig, ctx: CompressContext) -> nn.Mo
         "prune: %d layers, %.1f%% of their weights removed", len(targets), 100 * (1 - kept / max(1, total))
     )
     if config.storage == "sparse":
-        to_sparse(model, {n: (m, masks[n]) for n, m in targets.items()}, index=config.index)
+        to_sparse(model, {n: (m, masks[n]) for n, m in targets.items()}, index=config.index, ctx=ctx)
     return model

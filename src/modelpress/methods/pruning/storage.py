@@ -11,45 +11,56 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError
 from ...formats.sparse import INDEX_KINDS, SparseTensor
-from ...nn.decoded import wrap_decoded
-from ..base import CompressContext, MethodConfig, register, register_config, replace_module, select_modules
+from ..base import CompressContext, MethodConfig, one_of, param, register, register_config, select
+from ..transform import transform_weights
 
-__all__ = ["INDEX_CHOICES", "SparseStorageConfig", "to_sparse"]
+__all__ = ["INDEX_CHOICES", "LAYER_TYPES", "SparseStorageConfig", "to_sparse"]
 
 log = logging.getLogger(__name__)
 
 INDEX_CHOICES = ("auto", *INDEX_KINDS)
-_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
     "conv": (nn.Conv1d, nn.Conv2d),
     "embedding": (nn.Embedding,),
 }
+_ALL_TYPES = tuple(t for ts in LAYER_TYPES.values() for t in ts)
 
 
-def to_sparse(
-    model: nn.Module, layers: dict[str, tuple[nn.Module, torch.Tensor]], *, index: str = "auto"
-) -> nn.Module:
-    """Replace each ``name -> (module, keep-mask)`` by its decoded module holding a
-    ``SparseTensor``; every path to the same weight (a reused module, tied layers) gets the
-    same format object, so it is stored once."""
-    formats: dict[int, SparseTensor] = {}
-    for mod, mask in layers.values():
-        formats[id(mod.weight)] = SparseTensor.encode(mod.weight.detach(), mask, index=index)
+def _store(
+    model: nn.Module, formats: dict[int, SparseTensor], ctx: CompressContext | None, method: str
+) -> None:
+    """Put the ``id(weight) -> format`` in place at every path holding one of those weights
+    (a reused module, tied layers): one format object, stored once."""
     paths = [
         (n, m)
         for n, m in model.named_modules(remove_duplicate=False)
-        if n
-        and id(getattr(m, "weight", None)) in formats
-        and isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d))
+        if n and isinstance(m, _ALL_TYPES) and id(m.weight) in formats
     ]
-    for n, m in paths:
-        replace_module(model, n, wrap_decoded(m, formats[id(m.weight)]))
+    transform_weights(
+        model, paths, lambda _, m: formats[id(m.weight)], ctx=ctx, method=method, desc="sparse storage"
+    )
+
+
+def to_sparse(
+    model: nn.Module,
+    layers: dict[str, tuple[Any, torch.Tensor]],
+    *,
+    index: str = "auto",
+    ctx: CompressContext | None = None,
+) -> nn.Module:
+    """Replace each ``name -> (module, keep-mask)`` by its decoded module holding a
+    ``SparseTensor``, at every path to that weight."""
+    formats = {
+        id(m.weight): SparseTensor.encode(m.weight.detach(), mask, index=index) for m, mask in layers.values()
+    }
+    _store(model, formats, ctx, "prune")
     return model
 
 
@@ -60,41 +71,34 @@ class SparseStorageConfig(MethodConfig):
     dense weight in the ``sparse`` format (``index``: auto | bitmask | relative4 | relative8)."""
 
     name = "sparse-storage"
-    index: str = "auto"
-    layers: tuple[str, ...] = ("linear", "conv", "embedding")
+    index: str = param("auto", one_of(*INDEX_CHOICES))
+    layers: tuple[str, ...] = param(("linear", "conv", "embedding"), one_of(*LAYER_TYPES), elements=True)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.index not in INDEX_CHOICES:
-            raise ConfigError(
-                f"sparse-storage: index must be one of {', '.join(INDEX_CHOICES)}, got '{self.index}'"
-            )
-        if isinstance(self.layers, str) or not self.layers or set(self.layers) - set(_TYPES):
-            raise ConfigError(
-                f"sparse-storage: layers must be a list from {', '.join(_TYPES)}, got {self.layers!r}"
-            )
+    def validate(self) -> None:
+        if not self.layers:
+            raise self.error(f"layers must list some of {', '.join(LAYER_TYPES)}")
 
 
 @register(SparseStorageConfig)
-def _store(model: nn.Module, config: SparseStorageConfig, ctx: CompressContext) -> nn.Module:
-    types = tuple(t for layer in config.layers for t in _TYPES[layer])
-    chosen: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+def _sparse_storage(model: nn.Module, config: SparseStorageConfig, ctx: CompressContext) -> nn.Module:
+    formats: dict[int, SparseTensor] = {}
     seen: set[int] = set()
-    for name, mod in select_modules(model, types, config.include, config.exclude):
-        w = mod.weight.detach()
+    types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
+    targets: list[tuple[str, Any]] = select(model, config, types)
+    for name, mod in targets:
         if id(mod.weight) in seen:
             continue
         seen.add(id(mod.weight))
+        w = mod.weight.detach()
         fmt = SparseTensor.encode(w, index=config.index)
         if fmt.nbytes() < w.numel() * w.element_size():
-            chosen[name] = (mod, w != 0)
+            formats[id(mod.weight)] = fmt
         else:
-            log.info(
-                "sparse-storage: %s kept dense (%.1f%% zeros do not pay for an index)",
-                name,
-                100 * float((w == 0).float().mean()),
-            )
-    if not chosen:
-        log.warning("sparse-storage: no selected layer has enough zeros to be stored sparse")
-    return to_sparse(model, chosen, index=config.index)
+            zeros = 100 * float((w == 0).float().mean())
+            log.info("sparse-storage: %s kept dense (%.1f%% zeros do not pay for an index)", name, zeros)
+    if not formats:
+        ctx.note("sparse-storage: no selected layer has enough zeros to be stored sparse", logger=log)
+    _store(model, formats, ctx, config.name)
+    return model
