@@ -18,7 +18,9 @@ def _roundtrip(f: Codebook) -> Codebook:
     stored = f.to_storage()
     g = Codebook.from_manifest(f.to_manifest(), {k: (tuple(v.shape), v.dtype) for k, v in stored.items()})
     g.from_storage(stored)
-    assert all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), f.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(g.state_dict().values(), f.state_dict().values(), strict=True)
+    )
     return g
 
 

@@ -47,12 +47,15 @@ class _Cfg(MethodConfig):
         ({"bits": 4.0}, "test-cfg: bits must be an integer, got 4.0"),
         ({"ratio": 1.0}, "test-cfg: ratio must be a number in [0, 1), got 1.0"),
         ({"ratio": "x"}, "test-cfg: ratio must be a number, got 'x'"),
-        ({"group_size": 0}, "test-cfg: group_size must be an integer positive, got 0"),
+        ({"group_size": 0}, "test-cfg: group_size must be a positive integer, got 0"),
         ({"group_size": "8"}, "test-cfg: group_size must be an integer or null, got '8'"),
-        ({"mode": "c"}, "test-cfg: mode must be a string one of a, b, got 'c'"),
+        ({"mode": "c"}, "test-cfg: mode must be one of a, b, got 'c'"),
         ({"flag": "yes"}, "test-cfg: flag must be true or false, got 'yes'"),
         ({"include": [1, 2]}, "test-cfg: include must be a list of strings, got [1, 2]"),
-        ({"widths": [2, 9]}, "test-cfg: widths must be a list of values each in [1, 8], got [2, 9]"),
+        (
+            {"widths": [2, 9]},
+            "test-cfg: widths must be a list whose every element is an integer in [1, 8], got [2, 9]",
+        ),
         ({"mode": "b"}, "test-cfg: mode 'b' needs a group_size"),
     ],
 )

@@ -21,7 +21,8 @@ from modelpress.training import TrainConfig
 
 # presets that must work on each model (the others may refuse, with a ModelpressError)
 MUST_WORK = {
-    "bert": set(PRESETS.names()),
+    # deep-compression clusters conv layers; deep-compression-fc wants 32 clusters per layer
+    "bert": set(PRESETS.names()) - {"deep-compression", "deep-compression-fc"},
     "lenet-5": {"fp32", "fp16", "int8-dynamic", "cluster-4bit", "int4-g128", "prune-50", "deep-compression"},
     "llama": {"fp32", "bf16", "int8-dynamic", "int4-g128", "gptq-4bit", "awq-4bit", "cluster-4bit", "nf4"},
 }
@@ -79,8 +80,14 @@ def test_every_preset_roundtrips_or_refuses_clearly(model_name, tasks, tmp_path)
             continue
         path = mp.save(model, tmp_path / preset)
         loaded = mp.load(path)
+        dtype = next(iter(loaded.state_dict().values())).dtype
+        # a cast model takes its own dtype of float inputs (images); ids stay as they are
+        x = {
+            k: v.to(dtype) if v.is_floating_point() and dtype.is_floating_point else v
+            for k, v in inputs.items()
+        }
         with torch.no_grad():
-            a, b = model(**inputs), loaded(**inputs)
+            a, b = model(**x), loaded(**x)
         a = a if isinstance(a, torch.Tensor) else a.logits
         b = b if isinstance(b, torch.Tensor) else b.logits
         assert torch.equal(a, b), f"{model_name}/{preset}: loaded outputs differ"

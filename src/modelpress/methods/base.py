@@ -80,7 +80,9 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Check:
     """One constraint: ``ok(value)`` is true when ``value`` is acceptable; ``expect`` says
-    what is expected ("an integer in 2..8")."""
+    what is expected, with ``{a}`` standing for the field's type with its article ("an
+    integer") and ``{noun}`` for the bare type ("integer"): ``"{a} in [2, 8]"``,
+    ``"a positive {noun}"``. Without either, the type is put in front."""
 
     ok: Callable[[Any], bool]
     expect: str
@@ -97,16 +99,16 @@ def between(
         return bool(above and below)
 
     if lo is not None and hi is not None:
-        expect = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        expect = f"{{a}} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     elif lo is not None:
-        expect = f"{'>' if lo_open else '>='} {lo}"
+        expect = f"{{a}} {'>' if lo_open else '>='} {lo}"
     else:
-        expect = f"{'<' if hi_open else '<='} {hi}"
+        expect = f"{{a}} {'<' if hi_open else '<='} {hi}"
     return Check(ok, expect)
 
 
-POSITIVE = Check(lambda v: bool(v > 0), "positive")
-NON_NEGATIVE = Check(lambda v: bool(v >= 0), "non-negative")
+POSITIVE = Check(lambda v: bool(v > 0), "a positive {noun}")
+NON_NEGATIVE = Check(lambda v: bool(v >= 0), "a non-negative {noun}")
 
 
 def one_of(*choices: Any) -> Check:
@@ -122,6 +124,16 @@ def param(default: Any, *checks: Check, elements: bool = False) -> Any:
 
 _ATOMS: dict[Any, tuple[type, ...]] = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_NOUNS = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def _expectation(check: Check, tp: Any) -> str:
+    a, noun = _NAMES.get(tp, "a value"), _NOUNS.get(tp, "value")
+    if "{a}" in check.expect or "{noun}" in check.expect:
+        return check.expect.format(a=a, noun=noun)
+    if check.expect.startswith("one of"):
+        return check.expect
+    return f"{a} {check.expect}"
 
 
 def _shape_of(tp: Any) -> tuple[str, Any, bool] | None:
@@ -209,10 +221,8 @@ class MethodConfig:
             for c in checks:
                 values = v if elements else (v,)
                 if not all(c.ok(e) for e in values):
-                    what = _NAMES.get(shape[1], "a value") if shape else "a value"
-                    if elements:
-                        what = "a list of values each"
-                    self._fail(fname, f"{what} {c.expect}", v)
+                    what = _expectation(c, shape[1] if shape else None)
+                    self._fail(fname, f"a list whose every element is {what}" if elements else what, v)
         self.validate()
 
     def validate(self) -> None:

@@ -50,5 +50,5 @@ def test_bad_config_types():
         mp.Int8DynamicConfig(include=("*", 3))
     with pytest.raises(mp.ConfigError, match="embeddings must be true or false"):
         mp.Int8DynamicConfig(embeddings="yes")
-    with pytest.raises(mp.ConfigError, match="cast: dtype must be a string one of float16"):
+    with pytest.raises(mp.ConfigError, match="cast: dtype must be one of float16"):
         mp.CastConfig("int8")

@@ -95,9 +95,9 @@ def test_gptq_needs_calibration_data(tiny_llama, llama_task):
     ("kwargs", "message"),
     [
         ({"bits": 1}, r"bits must be an integer in \[2, 8\], got 1"),
-        ({"group_size": 0}, "group_size must be an integer positive, got 0"),
+        ({"group_size": 0}, "group_size must be a positive integer, got 0"),
         ({"damp": 0.0}, r"damp must be a number in \(0, 1\), got 0.0"),
-        ({"n_samples": 0}, "n_samples must be an integer positive, got 0"),
+        ({"n_samples": 0}, "n_samples must be a positive integer, got 0"),
     ],
 )
 def test_bad_config(kwargs, message):

@@ -200,20 +200,26 @@ def test_bad_input(tiny_bert):
     with pytest.raises(mp.ConfigError, match="below the smallest possible size"):
         mp.compress(model, MixedPrecisionConfig(avg_bits=1.5, group_size=32), data=ToyRegression(model))
     bad = [
-        ({"avg_bits": 0}, r"avg_bits must be a number positive and finite"),
-        ({"avg_bits": -4.0}, r"avg_bits must be a number positive and finite"),
-        ({"avg_bits": float("nan")}, r"avg_bits must be a number positive and finite"),
-        ({"avg_bits": float("inf")}, r"avg_bits must be a number positive and finite"),
+        ({"avg_bits": 0}, r"avg_bits must be a positive finite number"),
+        ({"avg_bits": -4.0}, r"avg_bits must be a positive finite number"),
+        ({"avg_bits": float("nan")}, r"avg_bits must be a positive finite number"),
+        ({"avg_bits": float("inf")}, r"avg_bits must be a positive finite number"),
         ({"avg_bits": None}, "exactly one of avg_bits"),
         ({"max_loss_increase": 0.1}, "exactly one of avg_bits"),
-        ({"avg_bits": None, "max_loss_increase": -1.0}, "max_loss_increase must be a number non-negative"),
-        ({"candidate_bits": (1, 4)}, r"candidate_bits must be a list of values each in \[2, 8\]"),
-        ({"candidate_bits": (4, 9)}, r"candidate_bits must be a list of values each in \[2, 8\]"),
+        ({"avg_bits": None, "max_loss_increase": -1.0}, "max_loss_increase must be a non-negative number"),
+        (
+            {"candidate_bits": (1, 4)},
+            r"candidate_bits must be a list whose every element is an integer in \[2, 8",
+        ),
+        (
+            {"candidate_bits": (4, 9)},
+            r"candidate_bits must be a list whose every element is an integer in \[2, 8",
+        ),
         ({"candidate_bits": (4, 4.5)}, "candidate_bits must be a list of integers"),
         ({"candidate_bits": ()}, r"candidate_bits must be a non-empty list of integers in \[2, 8\]"),
         ({"assignment": (("a", 9),)}, "bits must be integers in 2..8"),
         ({"pin": {"*": 1}}, "bits must be integers in 2..8"),
-        ({"n_samples": 0}, "n_samples must be an integer positive"),
+        ({"n_samples": 0}, "n_samples must be a positive integer"),
     ]
     for kwargs, msg in bad:
         with pytest.raises(mp.ConfigError, match=msg):

@@ -57,7 +57,7 @@ def test_sqnr_floor_and_save_load(tmp_path, tiny_llama, kind, floor_db):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "nf3"}, "kind must be a string one of nf4, quantile"),
+        ({"kind": "nf3"}, "kind must be one of nf4, quantile"),
         ({"kind": "nf4", "bits": 3}, "nf4 has 4 bits"),
         ({"group_size": 0}, "group_size"),
     ],

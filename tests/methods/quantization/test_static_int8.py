@@ -189,7 +189,7 @@ def test_preset_and_config_round_trip():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"observer": "kl"}, "observer must be a string one of minmax, percentile, mse"),
+        ({"observer": "kl"}, "observer must be one of minmax, percentile, mse"),
         ({"percentile": 30.0}, "percentile"),
         ({"weight_granularity": "group"}, "weight_granularity"),
         ({"fallback": "int4"}, "fallback"),

@@ -97,7 +97,7 @@ class MixedPrecisionConfig(MethodConfig):
 
     name = "mixed-precision"
     candidate_bits: tuple[int, ...] = param((2, 3, 4, 8), between(2, 8), elements=True)
-    avg_bits: float | None = param(4.0, Check(lambda v: 0 < v < math.inf, "positive and finite"))
+    avg_bits: float | None = param(4.0, Check(lambda v: 0 < v < math.inf, "a positive finite {noun}"))
     max_loss_increase: float | None = param(None, NON_NEGATIVE)
     group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
