@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import modelpress as mp
-from modelpress.api import MANIFEST_FILE, WEIGHTS_FILE
+from modelpress.api import MANIFEST_FILE, WEIGHTS_FILE, manifest_digest
 
 METHODS = ["fp32", "fp16", "bf16", "int8-dynamic"]
 
@@ -108,8 +108,13 @@ def test_save_failure_leaves_nothing(tmp_path, tiny_bert, monkeypatch):
 
 
 def test_save_unknown_model_type(tmp_path):
-    with pytest.raises(TypeError, match="register_architecture"):
+    with pytest.raises(mp.ModelpressError, match="register_architecture"):
         mp.save(torch.nn.Linear(2, 2), tmp_path / "lin")
+    with pytest.raises(mp.ModelpressError, match="cannot save a Sequential"):
+        mp.save(torch.nn.Sequential(), tmp_path / "seq")
+    with pytest.raises(mp.ModelpressError, match=r"takes a torch nn\.Module"):
+        mp.save("not a model", tmp_path / "str")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture
@@ -118,8 +123,11 @@ def artifact(tmp_path, tiny_bert):
 
 
 def _edit_manifest(path, fn):
+    """Edit the manifest on purpose and record its digest again (what reaches the checks
+    behind the integrity check)."""
     m = json.loads((path / MANIFEST_FILE).read_text())
     fn(m)
+    m["digests"]["manifest"] = manifest_digest(m)
     (path / MANIFEST_FILE).write_text(json.dumps(m))
 
 

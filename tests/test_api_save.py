@@ -93,6 +93,7 @@ _SAVER = textwrap.dedent(
     from modelpress.models.lenet import LeNet300100
     torch.manual_seed(0)
     a, b = LeNet300100(), LeNet300100(hidden=(200, 50))
+    mp.save(b, sys.argv[1])  # imports what saving needs: the kills below land in saves
     print("ready", flush=True)
     i = 0
     while True:
@@ -121,8 +122,11 @@ def test_kill_9_during_save_leaves_a_complete_artifact(tmp_path):
 
 
 def test_compress_notes_reach_the_caller_and_device_is_checked(lenet):
-    q = mp.compress(lenet, mp.CONFIGS.get("kmeans")(bits=8, granularity="channel", include=("fc*",)))
-    assert mp.compression_notes(q) == []
+    q = mp.compress(lenet, mp.CONFIGS.get("kmeans")(bits=8, granularity="channel"))
+    # fc3's rows hold 100 weights, fewer than 256 clusters: left as it is, and said so
+    assert mp.compression_notes(q) == ["kmeans: fc3 left uncompressed: 100 weights per codebook < k = 256"]
+    assert mp.compression_notes(mp.compress(q, "fp16")) == mp.compression_notes(q)  # kept along a recipe
+    assert mp.compression_notes(lenet) == []
     with pytest.raises(mp.ConfigError, match="unknown device 'nope'"):
         mp.compress(lenet, "fp16", device="nope")
     if not torch.cuda.is_available():

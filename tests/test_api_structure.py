@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import modelpress as mp
-from modelpress.api import MANIFEST_FILE
+from modelpress.api import MANIFEST_FILE, manifest_digest
 from modelpress.errors import ArtifactError
 from modelpress.models.architectures import apply_structure, build_base, describe_base, describe_structure
 from modelpress.models.lenet import LeNet5
@@ -71,7 +71,7 @@ def test_artifacts_without_a_structure_entry_still_load(tmp_path, tiny_bert):
     path = mp.save(tiny_bert, tmp_path / "old")
     mpath = path / MANIFEST_FILE
     manifest = json.loads(mpath.read_text())
-    del manifest["structure"]
+    del manifest["structure"], manifest["digests"]  # as an older version wrote it
     mpath.write_text(json.dumps(manifest))
     with torch.no_grad():
         assert torch.equal(mp.load(path)(input_ids=_ids()).logits, tiny_bert(input_ids=_ids()).logits)
@@ -81,6 +81,7 @@ def _tamper(path, fn):
     mpath = path / MANIFEST_FILE
     manifest = json.loads(mpath.read_text())
     fn(manifest["structure"])
+    manifest["digests"]["manifest"] = manifest_digest(manifest)  # edited on purpose
     mpath.write_text(json.dumps(manifest))
 
 

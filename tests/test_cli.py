@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 import modelpress as mp
+from modelpress.api import manifest_digest
 from modelpress.cli import app
 
 runner = CliRunner()
@@ -100,6 +101,7 @@ def test_corrupt_or_unknown_artifacts(tmp_path, tiny_bert):
     path = mp.save(mp.compress(tiny_bert, "int8-dynamic"), tmp_path / "a")
     m = json.loads((path / "manifest.json").read_text())
     m["modules"]["classifier"]["formats"]["weight"]["format"] = "unknown-fmt"
+    m["digests"]["manifest"] = manifest_digest(m)
     (path / "manifest.json").write_text(json.dumps(m))
     res = runner.invoke(app, ["inspect", str(path)])
     assert res.exit_code == 0  # inspect only reads the manifest
@@ -108,3 +110,50 @@ def test_corrupt_or_unknown_artifacts(tmp_path, tiny_bert):
     (path / "manifest.json").write_text("{trunc")
     res = runner.invoke(app, ["inspect", str(path)])
     assert res.exit_code == 2 and "corrupt or truncated" in _err(res)
+
+
+def _one_error_line(res) -> str:
+    """Bad input: exit code 2 and one ``error:`` line, no traceback."""
+    text = res.stderr or res.output
+    assert res.exit_code == 2, text
+    assert "Traceback" not in text and text.count("error:") == 1, text
+    return " ".join(text.split())
+
+
+def _sealed_edit(path, fn):
+    m = json.loads((path / "manifest.json").read_text())
+    fn(m)
+    m["digests"]["manifest"] = manifest_digest(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_bad_input_is_one_error_line_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from modelpress.models.lenet import LeNet300100
+
+    path = mp.save(LeNet300100(hidden=(8, 4)), tmp_path / "a")
+    assert "unknown device 'nope'" in _one_error_line(
+        runner.invoke(app, ["eval", str(path), "--device", "nope"])
+    )
+    res = runner.invoke(app, ["--debug", "eval", str(path), "--device", "nope"])
+    assert res.exit_code == 2 and "Traceback" in (res.stderr or res.output)
+
+    for edit, message in [
+        (lambda m: m.update(recipe=[{"method": "no-such-method"}]), "recipe cannot be read"),
+        (lambda m: m.update(base=["BertModel"]), "'base' must be an object"),
+        (lambda m: m["modules"].update(fc1={"version": 1}), "'class' name"),
+    ]:
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        mp.save(mp.compress(LeNet300100(hidden=(8, 4)), "int8-dynamic"), bad)
+        _sealed_edit(bad, edit)
+        assert message in _one_error_line(runner.invoke(app, ["inspect", str(bad)]))
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    msg = _one_error_line(runner.invoke(app, ["compress", ".", "--methods", "fp32"]))
+    assert "current directory" in msg and (work / "keep.txt").read_text() == "mine"
+    msg = _one_error_line(runner.invoke(app, ["compress", "/proc/modelpress-x", "--methods", "fp32"]))
+    assert "cannot write an artifact at /proc/modelpress-x" in msg
+    msg = _one_error_line(runner.invoke(app, ["bench", "--model", "models/nope", "--methods", "fp32"]))
+    assert "model 'models/nope' not found" in msg

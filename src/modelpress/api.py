@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +39,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import methods as _methods  # noqa: F401 - registers the built-in methods
-from .errors import ArtifactError, ConfigError, ModelpressError
-from .formats.base import CompressedTensor
+from .errors import ArtifactError, ConfigError, ModelpressError, SaveError
+from .formats.base import MAX_DIM, MAX_NUMEL, CompressedTensor
 from .methods.base import HANDLERS, PRESETS, CompressContext, MethodConfig
 from .models import lenet as _lenet  # noqa: F401 - registers the built-in architectures
 from .models.architectures import apply_structure, build_base, describe_base, describe_structure
@@ -50,9 +53,11 @@ __all__ = [
     "compress",
     "compression_notes",
     "load",
+    "manifest_digest",
     "recipe_of",
     "recover_interrupted_save",
     "save",
+    "tensor_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +159,7 @@ def compress(
     if teacher is not None:
         teacher = teacher.to(dev)
     ctx = CompressContext(data=data, teacher=teacher, device=dev, progress=progress)
+    _check_finite(model, "the model to compress")
     applied: list[MethodConfig] = []
     for config in recipe:
         handler = HANDLERS.get(type(config))
@@ -163,12 +169,54 @@ def compress(
         ctx.recorded = None
         model = handler(model, config, ctx)
         applied.append(ctx.recorded or config)  # a handler may record its resolved config
+    if applied:
+        _check_finite(model, "the result of " + " + ".join(c.name for c in applied))
     setattr(model, _RECIPE_ATTR, previous + Recipe(applied))
     setattr(model, _NOTES_ATTR, notes + ctx.notes)
     return model.eval()
 
 
+def _check_finite(model: nn.Module, what: str) -> None:
+    """One check for every method: no NaN / Inf in the weights (parameters, persistent
+    buffers, compressed formats' fields) going into ``compress`` or coming out of it."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compress takes a torch nn.Module, got {type(model).__name__}")
+    for key, t in model.state_dict(keep_vars=True).items():
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t.detach()).all()):
+            raise ConfigError(
+                f"{what} holds NaN or Inf values in '{key}' (e.g. a diverged training run, a corrupt "
+                "checkpoint, or values beyond float16's range 65504); compress refuses non-finite weights"
+            )
+
+
 # -- save ----------------------------------------------------------------------------------
+
+
+DIGEST_ALGORITHM = "sha256"
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 (hex) of a tensor's bytes as safetensors stores them (C order, little endian)."""
+    h = hashlib.sha256()
+    if t.numel():
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().data)  # the buffer itself, no copy
+    return h.hexdigest()
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    """The manifest's canonical form (sorted keys, no whitespace), without its own digest."""
+    m = dict(manifest)
+    if isinstance(m.get("digests"), dict):
+        m["digests"] = {k: v for k, v in m["digests"].items() if k != "manifest"}
+    return json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The digest ``save`` records as ``manifest["digests"]["manifest"]``: sha256 of the
+    manifest's canonical form without that field (tools that edit a manifest on purpose
+    record it again; an integrity check, not a signature)."""
+    return hashlib.sha256(_canonical(manifest)).hexdigest()
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -341,9 +389,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     artifact or the new one at ``path``; leftovers of a killed save are cleaned (or the old
     artifact recovered) by the next ``save`` or ``load``.
     """
-    path = Path(path)
-    recover_interrupted_save(path)
-    _check_target(path)
+    given = Path(path)
+    path = check_save_target(given)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"save takes a torch nn.Module, got {type(model).__name__}")
     tensors, specs, aliases, modules = _collect(model)
     base = describe_base(model)
     manifest = {
@@ -360,7 +409,73 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         # dtypes of buffers that are rebuilt by the constructor rather than stored (rotary
         # frequencies, position ids): a cast model gets them back in the same dtype
         "rebuilt_buffers": _rebuilt_buffers(model, specs),
+        # integrity: sha256 of every stored tensor's bytes, and of this manifest's canonical
+        # form (``digests.manifest`` left out); ``load`` verifies both
+        "digests": {
+            "algorithm": DIGEST_ALGORITHM,
+            "tensors": {k: tensor_digest(t) for k, t in tensors.items()},
+        },
     }
+    try:
+        # what a reader parses (tuples as lists, ``default=str`` values as strings)
+        manifest = json.loads(json.dumps(manifest, default=str, allow_nan=False))
+    except ValueError:
+        raise ConfigError(
+            "cannot save: the model's config or a method's record holds NaN or Inf numbers, "
+            "which JSON cannot store"
+        ) from None
+    manifest["digests"]["manifest"] = manifest_digest(manifest)
+    text = json.dumps(manifest, indent=1)
+    try:
+        _write_artifact(path, tensors, text)
+    except OSError as e:
+        if isinstance(e, SaveError):
+            raise
+        raise SaveError(f"cannot write the artifact at {given}: {e.strerror or e}") from e
+    return given
+
+
+def check_save_target(path: str | os.PathLike) -> Path:
+    """Where ``save(model, path)`` would write (the absolute path), or the ``ModelpressError``
+    it would raise: recovers an interrupted save there first, then refuses anything but a
+    new or empty directory or a modelpress artifact that holds nothing else, and refuses the
+    current directory (or one that holds it) and the file system root."""
+    given = Path(path)
+    target = Path(os.path.abspath(given))
+    if not target.name:
+        raise ModelpressError(f"refusing to write an artifact at {given}: name a new directory")
+    with contextlib.suppress(OSError):
+        cwd = Path.cwd().resolve()
+        resolved = target.resolve()
+        if cwd == resolved or resolved in cwd.parents:
+            raise ModelpressError(
+                f"refusing to write an artifact at {given}: it is the current directory or holds it; "
+                "name a new directory"
+            )
+    try:
+        recover_interrupted_save(target)
+        _check_target(target)
+        _probe_writable(target)
+    except OSError as e:
+        raise SaveError(f"cannot write an artifact at {given}: {e.strerror or e}") from e
+    return target
+
+
+def _probe_writable(target: Path) -> None:
+    """Create and remove a directory where ``save`` will build the artifact (the nearest
+    existing ancestor), so that an unwritable place (``/proc``, a read-only mount) is
+    refused before any work; raises ``OSError``."""
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(20, "not a directory", str(ancestor))
+    probe = ancestor / f".{target.name}.tmp-{os.getpid()}-probe{secrets.token_hex(2)}"
+    probe.mkdir()
+    probe.rmdir()
+
+
+def _write_artifact(path: Path, tensors: dict[str, torch.Tensor], manifest_text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.parent / f".{path.name}.tmp-{token}"
@@ -371,13 +486,13 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             # one metadata key: safetensors writes a map in no fixed order
             lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
         )
-        _write_file(tmp / MANIFEST_FILE, lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
+        _write_file(tmp / MANIFEST_FILE, lambda p: p.write_text(manifest_text))
         _fsync_dir(tmp)
         if path.exists() and any(path.iterdir()):
             if _exchange(tmp, path):  # tmp now holds the old artifact
                 _fsync_dir(path.parent)
                 shutil.rmtree(tmp, ignore_errors=True)
-                return path
+                return
             # no atomic exchange here: park the old artifact; a kill before the second
             # rename is undone by recover_interrupted_save
             old = path.parent / f".{path.name}.old-{token}"
@@ -393,7 +508,6 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def artifact_files(path: str | os.PathLike) -> list[Path]:
@@ -407,45 +521,243 @@ def artifact_bytes(path: str | os.PathLike) -> int:
 
 
 # -- load ----------------------------------------------------------------------------------
+#
+# Everything ``load`` reads is checked before it is used, in this order: the manifest (strict
+# JSON, its schema, its digest), the tensor specs and aliases, a build of the whole model on
+# the meta device (config keys that reach the network refused; config dims, compressed
+# modules and format metadata cross-checked against the stored shapes; a memory estimate),
+# then the tensors (each verified against its digest while it is read), then the real build.
+# Any failure is one ``ArtifactError`` sentence.
+
+MAX_MANIFEST_BYTES = 64 << 20
+#: memory ``load`` may allocate beyond the files: stored bytes x factor + slack
+MEMORY_FACTOR = 16
+MEMORY_SLACK = 256 << 20
+
+_REQUIRED_KEYS = ("format", "version", "base", "recipe", "modules", "tensors", "aliases")
+_OPTIONAL_KEYS = ("structure", "rebuilt_buffers", "digests")
+_HEX64 = frozenset("0123456789abcdef")
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    mpath = path / MANIFEST_FILE
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_digest(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX64
+
+
+def _strict_json(text: str, where: Path) -> Any:
+    """JSON as written by ``save``: duplicate keys, NaN / Infinity and numbers beyond float
+    range are refused (``json`` would keep the last key, or read ``inf``)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise ArtifactError(f"{where} repeats the key '{k}' in one object")
+            out[k] = v
+        return out
+
+    def constant(name: str) -> Any:
+        raise ArtifactError(f"{where} holds {name}, which is not JSON")
+
+    def number(text: str) -> float:
+        v = float(text)
+        if not math.isfinite(v):
+            raise ArtifactError(f"{where} holds the number {text[:20]}, beyond float range")
+        return v
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
+    except ArtifactError:
+        raise
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, too many digits, too deep
+        raise ArtifactError(f"{where} is corrupt or truncated: {str(e)[:200]}") from None
+
+
+def _artifact_file(path: Path, name: str) -> Path:
+    """``path/name`` as a regular file inside ``path`` (a link out of the directory is refused)."""
+    f = path / name
+    if f.is_symlink():
+        try:
+            target = f.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise ArtifactError(f"{f} is a broken or looping link") from None
+        if path.resolve() not in target.parents:
+            raise ArtifactError(
+                f"{f} is a link out of the artifact directory ({target}); refusing to follow it"
+            )
+    if not f.is_file():
+        raise ArtifactError(f"{f} is missing" if not f.exists() else f"{f} is not a regular file")
+    return f
+
+
+def _schema_error(mpath: Path, what: str) -> ArtifactError:
+    return ArtifactError(f"{mpath} is malformed: {what}")
+
+
+def _check_schema(m: dict[str, Any], mpath: Path) -> None:
+    """Types of every manifest section (values inside are checked where they are used)."""
+    unknown = sorted(set(m) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
+    if unknown:
+        raise _schema_error(mpath, f"unknown key(s) {', '.join(map(repr, unknown[:5]))}")
+    base = m["base"]
+    if not isinstance(base, dict) or not isinstance(base.get("class"), str):
+        raise _schema_error(mpath, "'base' must be an object naming a model 'class'")
+    if not isinstance(base.get("library"), str) or not isinstance(
+        base.get("config", base.get("args", {})), dict
+    ):
+        raise _schema_error(mpath, "'base' must name its 'library' and hold a 'config' or 'args' object")
+    if not isinstance(m["recipe"], list) or not all(isinstance(c, dict) for c in m["recipe"]):
+        raise _schema_error(mpath, "'recipe' must be a list of method objects")
+    if not isinstance(m["modules"], dict):
+        raise _schema_error(mpath, "'modules' must be an object")
+    for name, entry in m["modules"].items():
+        if not name or any(not part for part in name.split(".")):
+            raise _schema_error(mpath, f"module name {name!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+            raise _schema_error(mpath, f"module '{name}' must be an object with a 'class' name")
+        if not _is_int(entry.get("version")) or not isinstance(entry.get("args", {}), dict):
+            raise _schema_error(mpath, f"module '{name}' needs an integer 'version' and an 'args' object")
+        formats = entry.get("formats", {})
+        if not isinstance(formats, dict) or not all(
+            isinstance(f, dict) and isinstance(f.get("format"), str) for f in formats.values()
+        ):
+            raise _schema_error(mpath, f"module '{name}' has malformed 'formats'")
+    if not isinstance(m["tensors"], dict) or not all(isinstance(v, dict) for v in m["tensors"].values()):
+        raise _schema_error(mpath, "'tensors' must map keys to {shape, dtype} objects")
+    for key in ("aliases", "rebuilt_buffers"):
+        v = m.get(key, {})
+        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+            raise _schema_error(mpath, f"'{key}' must map names to strings")
+    if m.get("structure") is not None and not isinstance(m["structure"], dict):
+        raise _schema_error(mpath, "'structure' must be an object")
+    if "digests" in m:
+        d = m["digests"]
+        ok = (
+            isinstance(d, dict)
+            and set(d) == {"algorithm", "tensors", "manifest"}
+            and d["algorithm"] == DIGEST_ALGORITHM
+            and _is_digest(d["manifest"])
+            and isinstance(d["tensors"], dict)
+            and all(_is_digest(v) for v in d["tensors"].values())
+        )
+        if not ok:
+            raise _schema_error(
+                mpath, f"'digests' must hold the {DIGEST_ALGORITHM} of the manifest and tensors"
+            )
+
+
+def _read_manifest(path: Path, *, verify: bool = True) -> dict[str, Any]:
+    """The manifest, checked: strict JSON, format name and version, section types, and (when
+    it has one, ``verify``) its digest."""
+    path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"no modelpress artifact at {path} (expected a directory)")
-    if not mpath.is_file():
+    if not (path / MANIFEST_FILE).exists() and not (path / MANIFEST_FILE).is_symlink():
         raise ArtifactError(f"{path} is not a modelpress artifact: {MANIFEST_FILE} is missing")
+    mpath = _artifact_file(path, MANIFEST_FILE)
     try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(
+                f"{mpath} is larger than {MAX_MANIFEST_BYTES >> 20} MB; not a modelpress manifest"
+            )
+        raw = mpath.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"cannot read {mpath}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ArtifactError(f"{mpath} is corrupt or truncated: {e}") from None
+    manifest = _strict_json(text, mpath)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ArtifactError(f"{mpath} is not a modelpress manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{mpath} has format version {manifest.get('version')}; this modelpress reads {FORMAT_VERSION}"
-        )
-    for key in ("base", "tensors", "modules", "aliases", "recipe"):
+    version = manifest.get("version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise ArtifactError(f"{mpath} has format version {version!r}; this modelpress reads {FORMAT_VERSION}")
+    for key in _REQUIRED_KEYS:
         if key not in manifest:
             raise ArtifactError(f"{mpath} is incomplete: '{key}' is missing")
+    _check_schema(manifest, mpath)
+    if verify and "digests" in manifest:
+        if manifest_digest(manifest) != manifest["digests"]["manifest"]:
+            raise ArtifactError(f"{mpath} does not match its digest: the manifest was altered or is corrupt")
     return manifest
 
 
 def _specs(manifest: dict[str, Any]) -> dict[str, tuple[Sequence[int], torch.dtype]]:
     out: dict[str, tuple[Sequence[int], torch.dtype]] = {}
     for key, spec in manifest["tensors"].items():
-        dt = _DTYPES.get(str(spec.get("dtype")))
+        dt = _DTYPES.get(spec.get("dtype")) if isinstance(spec.get("dtype"), str) else None
         if dt is None:
-            raise ArtifactError(f"manifest gives tensor '{key}' an unknown dtype '{spec.get('dtype')}'")
-        out[key] = ([int(s) for s in spec["shape"]], dt)
+            raise ArtifactError(f"manifest gives tensor '{key}' an unknown dtype {spec.get('dtype')!r}")
+        shape = spec.get("shape")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= 8
+            and all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape)
+            and math.prod(shape) <= MAX_NUMEL
+        ):
+            raise ArtifactError(f"manifest gives tensor '{key}' a malformed shape {shape!r}")
+        out[key] = (list(shape), dt)
     return out
 
 
+def _aliases(manifest: dict[str, Any], specs: dict[str, tuple[Sequence[int], torch.dtype]]) -> dict[str, str]:
+    aliases: dict[str, str] = dict(manifest["aliases"])
+    for alias, target in aliases.items():
+        if alias not in specs or target not in specs or target in aliases:
+            raise ArtifactError(f"manifest aliases '{alias}' to '{target}', which is not stored")
+        if specs[alias] != specs[target]:
+            raise ArtifactError(f"manifest ties '{alias}' to '{target}', a tensor of another shape or dtype")
+    return aliases
+
+
+def _tensor_digests(manifest: dict[str, Any], stored: Sequence[str], mpath: Path) -> dict[str, str] | None:
+    digests = manifest.get("digests")
+    if digests is None:
+        log.warning(
+            "%s has no integrity digests (written by an older modelpress): its tensor bytes are not verified",
+            mpath,
+        )
+        return None
+    tensors: dict[str, str] = digests["tensors"]
+    if set(tensors) != set(stored):
+        odd = sorted(set(tensors) ^ set(stored))
+        raise ArtifactError(f"{mpath}: the digests do not cover exactly the stored tensors ({odd[:3]})")
+    return tensors
+
+
+def _hash_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _verify_digests(pending: list[tuple[str, str, Future[str]]], wpath: Path) -> None:
+    """Wait for the digests computed while reading; the first mismatch (file order) fails."""
+    for key, want, fut in pending:
+        if fut.result() != want:
+            for _, _, f in pending:
+                f.cancel()
+            raise ArtifactError(
+                f"tensor '{key}' in {wpath} does not match its digest: the file is corrupt or was altered"
+            )
+
+
 def _read_tensors(
-    wpath: Path, specs: dict[str, tuple[Sequence[int], torch.dtype]]
+    wpath: Path,
+    specs: dict[str, tuple[Sequence[int], torch.dtype]],
+    digests: dict[str, str] | None = None,
+    *,
+    header_only: bool = False,
+    pool: ThreadPoolExecutor | None = None,
+    pending: list[tuple[str, str, Future[str]]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    if not wpath.is_file():
-        raise ArtifactError(f"{wpath} is missing")
+    """The stored tensors, each checked against the manifest's shape and dtype and, with
+    ``digests``, hashed as it is read and compared with its recorded digest. With a ``pool``
+    the hashes run on its threads while the next tensors are read (``hashlib`` releases the
+    GIL) and land in ``pending`` for ``_verify_digests``. ``header_only``: check the names,
+    shapes and dtypes of the safetensors header, read nothing."""
     try:
         with safe_open(str(wpath), framework="pt") as f:
             keys = set(f.keys())
@@ -463,12 +775,23 @@ def _read_tensors(
                         f"tensor '{key}' is {_st_dtype(got_dtype)}{got_shape} in {wpath.name} "
                         f"but {_dtype_name(dtype)}{shape} in the manifest"
                     )
-                out[key] = f.get_tensor(key)
+                if header_only:
+                    continue
+                t = f.get_tensor(key)
+                if digests is not None:
+                    if pool is not None and pending is not None:
+                        pending.append((key, digests[key], pool.submit(tensor_digest, t)))
+                    elif tensor_digest(t) != digests[key]:
+                        raise ArtifactError(
+                            f"tensor '{key}' in {wpath} does not match its digest: "
+                            "the file is corrupt or was altered"
+                        )
+                out[key] = t
             return out
     except ArtifactError:
         raise
     except Exception as e:
-        raise ArtifactError(f"{wpath} is corrupt or truncated: {e}") from None
+        raise ArtifactError(f"{wpath} is corrupt or truncated: {str(e)[:200]}") from None
 
 
 _ST = {
@@ -489,6 +812,34 @@ def _st_dtype(name: str) -> str:
     return _ST.get(name, name)
 
 
+@contextlib.contextmanager
+def _as_artifact_error(where: str) -> Iterator[None]:
+    """What a bad manifest value makes library code raise, as one ``ArtifactError``."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except ConfigError as e:  # an unknown registered name, a config field out of range
+        raise ArtifactError(f"{where}: {e}") from None
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        ArithmeticError,
+        AssertionError,
+        MemoryError,
+    ) as e:
+        raise ArtifactError(
+            f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+        ) from None
+    except RuntimeError as e:
+        raise ArtifactError(
+            f"{where}: {str(e).splitlines()[0] if str(e) else 'RuntimeError'}"[:400]
+        ) from None
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     try:
@@ -500,7 +851,152 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     mod_name, _, attr = key.rpartition(".")
-    return (model.get_submodule(mod_name) if mod_name else model), attr
+    try:
+        return (model.get_submodule(mod_name) if mod_name else model), attr
+    except AttributeError:
+        raise ArtifactError(f"manifest names tensor '{key}', which the model does not have") from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Conv arguments compare as lists (tuples in a module, lists in JSON)."""
+    norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _check_replacement(name: str, old: nn.Module, new: nn.Module, *, restructured: bool = False) -> None:
+    """A compressed module must stand where the base (or the ``structure`` entry) has a
+    layer of the very same dims: its formats' logical shapes equal the replaced layer's
+    weights, its bias and its embedding / conv arguments match.
+
+    ``restructured``: the model was structurally rewritten (a non-empty ``structure``) and
+    then compressed; the ``structure`` entry records plain layers only, so a compressed
+    layer's dims may differ from what the base builds there and only its rank is compared
+    (its formats' own checks still tie their tensors to their logical shapes)."""
+    if isinstance(old, (CompressedModule, CompressedTensor)):
+        raise ArtifactError(f"manifest replaces '{name}', which is already a compressed module")
+    for attr in getattr(new, "format_attrs", ()):
+        fmt, ref = getattr(new, attr, None), getattr(old, attr, None)
+        if not isinstance(fmt, CompressedTensor) or not isinstance(ref, torch.Tensor):
+            raise ArtifactError(f"manifest compresses '{name}.{attr}', which the base model does not have")
+        if len(fmt.shape) != len(ref.shape) or (not restructured and tuple(fmt.shape) != tuple(ref.shape)):
+            raise ArtifactError(
+                f"manifest gives '{name}.{attr}' the shape {list(fmt.shape)}, but the base model "
+                f"(its config and structure) builds {list(ref.shape)}"
+            )
+    if hasattr(old, "bias") and hasattr(new, "bias") and (old.bias is None) != (new.bias is None):
+        raise ArtifactError(
+            f"manifest gives '{name}' a bias where the base model has {'none' if old.bias is None else 'one'}"
+        )
+    if isinstance(old, nn.Embedding) and getattr(new, "padding_idx", old.padding_idx) != old.padding_idx:
+        raise ArtifactError(f"manifest gives '{name}' another padding index than the base model")
+    if isinstance(old, nn.modules.conv._ConvNd):
+        conv = getattr(new, "conv", None)
+        if not isinstance(conv, dict):
+            raise ArtifactError(
+                f"manifest replaces the convolution '{name}' by a module without conv arguments"
+            )
+        for arg in ("stride", "padding", "dilation", "groups"):
+            if arg not in conv or not _same(conv[arg], getattr(old, arg)):
+                raise ArtifactError(
+                    f"manifest gives '{name}' {arg}={conv.get(arg)!r}, "
+                    f"the base model has {getattr(old, arg)!r}"
+                )
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor a model holds (buffers, and tensors kept as plain attributes)."""
+    seen: set[int] = set()
+    total = 0
+    for m in module.modules():
+        tensors = [b for b in m._buffers.values() if b is not None]
+        tensors += [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _assemble(
+    manifest: dict[str, Any], specs: dict[str, Any], mpath: Path, *, meta: bool
+) -> tuple[nn.Module, int]:
+    """The base model with the ``structure`` applied and the compressed modules in place
+    (their fields empty). ``meta``: everything on the meta device. Also returns the bytes of
+    the tensors the base constructor allocates (its buffers) when built for real."""
+    # a generous bound on the modules a base of this many tensors has (parameter-free
+    # layers included): a config asking for millions of layers is refused while building
+    model = build_base(manifest["base"], meta=meta, max_modules=16 * len(specs) + 1024)
+    built = _tensor_bytes(model)
+    with _as_artifact_error(f"{mpath}: 'structure'"):
+        apply_structure(model, manifest.get("structure"))  # absent in artifacts of older versions
+    structure = manifest.get("structure")
+    restructured = isinstance(structure, dict) and bool(structure.get("modules"))
+    for name, entry in manifest["modules"].items():
+        where = f"{mpath}: module '{name}'"
+        with _as_artifact_error(where):
+            cls = MODULES.get(entry["class"])
+            try:
+                old = model.get_submodule(name)
+            except AttributeError:
+                raise ArtifactError(
+                    f"manifest names module '{name}', which the base model does not have"
+                ) from None
+            prefix = name + "."
+            mspecs = {k[len(prefix) :]: v for k, v in specs.items() if k.startswith(prefix)}
+            try:
+                new = cls.from_manifest(entry, mspecs)
+            except ArtifactError as e:
+                raise ArtifactError(f"{where}: {e}") from None
+            _check_replacement(name, old, new, restructured=restructured)
+            _set_submodule(model, name, new)
+    return model, built
+
+
+def _precheck(
+    manifest: dict[str, Any], specs: dict[str, tuple[Sequence[int], torch.dtype]], path: Path, mpath: Path
+) -> None:
+    """Build the whole model on the meta device (nothing allocated) and refuse, before any
+    real allocation: a model whose tensors differ from the stored ones (config dims such as
+    ``max_position_embeddings`` or ``vocab_size`` against the embedding rows), and one whose
+    construction and decoded formats would need more memory than the files justify."""
+    model, built = _assemble(manifest, specs, mpath, meta=True)
+    state = model.state_dict(keep_vars=True)
+    missing, extra = sorted(set(state) - set(specs)), sorted(set(specs) - set(state))
+    if missing or extra:
+        raise ArtifactError(
+            f"{path} does not fit its base model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for key, t in state.items():
+        shape = list(specs[key][0])
+        if list(t.shape) != shape:
+            raise ArtifactError(
+                f"{path} does not fit its base model: the manifest's config and structure build "
+                f"'{key}' as {list(t.shape)}, the artifact stores {shape}"
+            )
+    for name, m in model.named_modules():  # attention heads x head size = the projections' width
+        heads, size, width = (
+            getattr(m, a, None) for a in ("num_attention_heads", "attention_head_size", "all_head_size")
+        )
+        if (
+            isinstance(heads, int)
+            and isinstance(size, int)
+            and isinstance(width, int)
+            and heads * size != width
+        ):
+            raise ArtifactError(
+                f"{path} does not fit its base model: '{name}' has {heads} heads of {size} "
+                f"but {width} attention features (config and structure disagree)"
+            )
+    stored = sum(f.stat().st_size for f in artifact_files(path) if f.is_file())
+    decoded = sum(m.load_nbytes() for m in model.modules() if isinstance(m, CompressedTensor))
+    limit = MEMORY_FACTOR * stored + MEMORY_SLACK
+    if built + decoded > limit:
+        raise ArtifactError(
+            f"{path}: loading would allocate about {(built + decoded) / 1e6:,.0f} MB (the base model's "
+            f"buffers {built / 1e6:,.0f} MB, decoded formats {decoded / 1e6:,.0f} MB) for "
+            f"{stored / 1e6:,.1f} MB of files; refusing more than {MEMORY_FACTOR} x the files + "
+            f"{MEMORY_SLACK >> 20} MB (check the config's sizes)"
+        )
 
 
 def _install_formats(
@@ -529,9 +1025,12 @@ def _install_formats(
                     assert buf is not None
                     state[k] = buf
                 continue
+        stored = {k.rpartition(".")[2]: state[k] for k in keys}
         try:
-            fmt.from_storage({k.rpartition(".")[2]: state[k] for k in keys})
-        except (ValueError, RuntimeError) as e:
+            fmt.validate_stored(stored)
+            fmt.from_storage(stored)
+            fmt.validate_loaded()
+        except (ValueError, RuntimeError, TypeError, IndexError, ArithmeticError) as e:
             raise ArtifactError(
                 f"{path}: the stored tensors of '{prefix}' do not fit its format: {e}"
             ) from None
@@ -542,34 +1041,46 @@ def _install_formats(
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by ``save``; fails with one clear sentence on a bad artifact."""
+    """Rebuild a model saved by ``save``; fails with one clear ``ArtifactError`` sentence on
+    a bad artifact (see docs/artifact-format.md for what is checked, in which order).
+
+    Reads only JSON and safetensors, never reaches the network, verifies every tensor's
+    digest while reading it, and checks config dims, format metadata and the memory it will
+    need against the stored tensors before allocating anything."""
     path = Path(path)
-    recover_interrupted_save(path)
-    manifest = _read_manifest(path)
-    specs = _specs(manifest)
-    aliases: dict[str, str] = dict(manifest["aliases"])
-    stored_specs = {k: v for k, v in specs.items() if k not in aliases}
-    tensors = _read_tensors(path / WEIGHTS_FILE, stored_specs)
+    dev = _device(device)
     try:
+        recover_interrupted_save(path)
+    except OSError as e:
+        raise ArtifactError(
+            f"cannot tidy up after an interrupted save at {path}: {e.strerror or e}"
+        ) from None
+    manifest = _read_manifest(path)
+    mpath = path / MANIFEST_FILE
+    specs = _specs(manifest)
+    aliases = _aliases(manifest, specs)
+    stored_specs = {k: v for k, v in specs.items() if k not in aliases}
+    digests = _tensor_digests(manifest, list(stored_specs), mpath)
+    wpath = _artifact_file(path, WEIGHTS_FILE)
+    with _as_artifact_error(f"{mpath}: 'recipe'"):
         recipe = Recipe.from_list(manifest["recipe"])
-        model = build_base(manifest["base"])
-        apply_structure(model, manifest.get("structure"))  # absent in artifacts of older versions
-        for name, entry in manifest["modules"].items():
-            cls = MODULES.get(str(entry.get("class")))
-            prefix = name + "."
-            mspecs = {k[len(prefix) :]: v for k, v in specs.items() if k.startswith(prefix)}
-            _set_submodule(model, name, cls.from_manifest(entry, mspecs))
-    except ConfigError as e:  # unknown registered name inside the manifest
-        raise ArtifactError(f"{path / MANIFEST_FILE}: {e}") from None
+    _read_tensors(wpath, stored_specs, header_only=True)  # the file holds what the manifest says
+    _precheck(manifest, specs, path, mpath)
+    pending: list[tuple[str, str, Future[str]]] = []
+    with ThreadPoolExecutor(max_workers=_hash_workers(), thread_name_prefix="modelpress-digest") as pool:
+        try:
+            tensors = _read_tensors(wpath, stored_specs, digests, pool=pool, pending=pending)
+            model, _ = _assemble(manifest, specs, mpath, meta=False)  # while the hashes run
+        finally:
+            # every tensor verified before anything decodes or uses one
+            _verify_digests(pending, wpath)
     state = dict(tensors)
     for alias, target in aliases.items():
-        if target not in tensors:
-            raise ArtifactError(f"manifest aliases '{alias}' to '{target}', which is not stored")
         state[alias] = tensors[target]
     shared = _install_formats(model, state, aliases, path)
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise ArtifactError(f"{path} does not fit its base model: {str(e).splitlines()[0]}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ArtifactError(
@@ -581,19 +1092,25 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         if alias.rpartition(".")[0] in shared:
             continue  # a tied module's format: the very same object already
         (m_a, a_name), (m_t, t_name) = _owner(model, alias), _owner(model, target)
-        if a_name in m_a._parameters:
-            m_a._parameters[a_name] = m_t._parameters.get(t_name)
+        if a_name in m_a._parameters and t_name in m_t._parameters:
+            m_a._parameters[a_name] = m_t._parameters[t_name]
+        elif a_name in m_a._buffers and t_name in m_t._buffers:
+            m_a._buffers[a_name] = m_t._buffers[t_name]
         else:
-            m_a._buffers[a_name] = m_t._buffers.get(t_name)
+            raise ArtifactError(f"manifest ties '{alias}' to '{target}', a parameter to a buffer")
     for name, dtype_name in manifest.get("rebuilt_buffers", {}).items():
-        dt = _DTYPES.get(str(dtype_name))
-        with contextlib.suppress(AttributeError):
+        dt = _DTYPES.get(dtype_name)
+        if dt is None:
+            raise ArtifactError(f"manifest gives the rebuilt buffer '{name}' an unknown dtype {dtype_name!r}")
+        with contextlib.suppress(ArtifactError):  # a buffer an older version rebuilt
             mod, attr = _owner(model, name)
             buf = mod._buffers.get(attr)
-            if buf is not None and dt is not None and buf.dtype != dt:
+            if buf is not None and buf.dtype != dt:
+                if buf.is_floating_point() != dt.is_floating_point:
+                    raise ArtifactError(f"manifest gives the rebuilt buffer '{name}' the dtype {dtype_name}")
                 mod._buffers[attr] = buf.to(dt)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if leftover:
         raise ArtifactError(f"{path} leaves tensors without data: {leftover[:3]}")
     setattr(model, _RECIPE_ATTR, recipe)
-    return model.to(device).eval()
+    return model.to(dev).eval()

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ModelpressError
@@ -66,8 +67,19 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+_DEBUG = False
+
+
+def _fail(problem: BaseException | str) -> typer.Exit:
+    """One ``error:`` line (exit code 2) for bad input; ``--debug`` adds the traceback."""
+    if _DEBUG and isinstance(problem, BaseException):
+        import traceback
+
+        err.print("".join(traceback.format_exception(problem)), highlight=False, markup=False)
+    message = str(problem) if isinstance(problem, BaseException) else problem
+    if isinstance(problem, OSError) and not isinstance(problem, ModelpressError):
+        message = f"{problem.strerror or problem}: {problem.filename}" if problem.filename else str(problem)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -78,7 +90,12 @@ def _slug(s: str) -> str:
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error (bad input prints one line).")
+    ] = False,
 ) -> None:
+    global _DEBUG
+    _DEBUG = debug
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -148,8 +165,8 @@ def bench(
         )
         command = "modelpress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         paths = write_reports(result, out, command=command)
-    except ModelpressError as e:
-        raise _fail(str(e)) from None
+    except (ModelpressError, OSError) as e:
+        raise _fail(e) from None
     _print_table(result)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
 
@@ -203,6 +220,7 @@ def compress(
     from .recipe import Recipe, resolve_methods
 
     try:
+        api.check_save_target(output)  # refused before any work: a foreign dir, '.', /proc ...
         recipe = Recipe()
         for _, r in resolve_methods(methods):
             recipe = recipe + r
@@ -213,8 +231,8 @@ def compress(
         tok = getattr(adapter, "tokenizer", None)
         if tok is not None:
             tok.save_pretrained(str(path / "tokenizer"))
-    except ModelpressError as e:
-        raise _fail(str(e)) from None
+    except (ModelpressError, OSError) as e:
+        raise _fail(e) from None
     console.print(
         f"saved {recipe.describe()} to {path} ({api.artifact_bytes(path) / 1e6:.2f} MB)", highlight=False
     )
@@ -235,12 +253,13 @@ def evaluate(
     from .models.builtin import resolve_model
 
     try:
+        dev = str(api._device(device))  # an unknown device is one error line, before any work
         adapter = resolve_model(model, task=task, data=data)
-        loaded = api.load(artifact, device=device)
-        reference = adapter.evaluate(adapter.load_original().to(device), device=device)
-        ev = adapter.evaluate(loaded, reference=reference.predictions, device=device)
-    except ModelpressError as e:
-        raise _fail(str(e)) from None
+        loaded = api.load(artifact, device=dev)
+        reference = adapter.evaluate(adapter.load_original().to(dev), device=dev)
+        ev = adapter.evaluate(loaded, reference=reference.predictions, device=dev)
+    except (ModelpressError, OSError) as e:
+        raise _fail(e) from None
     agree = "-" if ev.agreement is None else f"{100 * ev.agreement:.2f}%"
     console.print(
         f"{ev.metric}: {ev.value:.4f} (original {reference.value:.4f}); agreement with the original: {agree}",
@@ -252,21 +271,28 @@ def evaluate(
 def inspect(artifact: Annotated[Path, typer.Argument(help="An artifact directory.")]) -> None:
     """Show an artifact's recipe, base model, compressed layers and bytes."""
     from . import api
+    from .errors import ArtifactError
+    from .recipe import Recipe
 
     try:
         manifest = api._read_manifest(artifact)
         size = api.artifact_bytes(artifact)
+        try:
+            recipe = Recipe.from_list(manifest["recipe"]).describe()
+        except ModelpressError as e:
+            raise ArtifactError(f"{artifact}: its recipe cannot be read: {e}") from None
     except (ModelpressError, OSError) as e:
-        raise _fail(str(e)) from None
-    from .recipe import Recipe
-
-    recipe = Recipe.from_list(manifest["recipe"]).describe()
-    console.print(f"{artifact}: {size / 1e6:.2f} MB · base {manifest['base']['class']} · recipe {recipe}")
+        raise _fail(e) from None
+    console.print(
+        f"{artifact}: {size / 1e6:.2f} MB · base {manifest['base']['class']} · recipe {recipe}",
+        highlight=False,
+        markup=False,
+    )
     counts: dict[str, int] = {}
     for entry in manifest["modules"].values():
         counts[entry["class"]] = counts.get(entry["class"], 0) + 1
     for cls, n in sorted(counts.items()):
-        console.print(f"  {n} × {cls}")
+        console.print(f"  {n} × {cls}", highlight=False, markup=False)
     console.print(f"  {len(manifest['tensors'])} tensors, {len(manifest['aliases'])} tied", highlight=False)
 
 

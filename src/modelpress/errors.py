@@ -17,3 +17,8 @@ class ArtifactError(ModelpressError):
 
 class DataError(ModelpressError):
     """A dataset or model input could not be read or is unusable."""
+
+
+class SaveError(ModelpressError, OSError):
+    """``save`` could not write an artifact (no permission, disk full, a path that cannot
+    hold a directory); an ``OSError`` too, so ``except OSError`` still sees it."""

@@ -18,7 +18,7 @@ op on the activations).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,11 +27,12 @@ from ..primitives.bitpack import (
     container_rows,
     from_container,
     pack_bits,
+    packed_nbytes,
     stream_to_container,
     to_container,
 )
 from ..primitives.quant import choose_qparams, dequantize, qrange, quantize
-from .base import CompressedTensor, register_format
+from .base import CompressedTensor, check, check_field, register_format
 
 
 @register_format
@@ -137,6 +138,30 @@ class AffineQuantized(CompressedTensor):
 
     def meta(self) -> dict[str, Any]:
         return {"bits": self.bits, "group_size": self.group_size}
+
+    # -- checks at load (stored layout) ---------------------------------------------------
+    meta_types: ClassVar[dict[str, tuple[str, ...]]] = {"bits": ("int",), "group_size": ("int", "none")}
+
+    def validate(self) -> None:
+        rows, cols = (int(d) for d in self.shape)
+        check(2 <= self.bits <= 8, f"bits must be in 2..8, got {self.bits}")
+        g = self.group_size
+        check(g is None or 0 < g, f"group_size must be a positive integer, got {g}")
+        check(g is None or cols % g == 0, f"group_size {g} does not divide the {cols} columns")
+        n_groups = 1 if g is None else cols // g
+        check_field(self.scale, "scale", (rows, n_groups), "float")
+        check_field(self.zero_point, "zero_point", (rows, n_groups), "int", required=False)
+        if self.in_scale is not None:  # (cols,) or (1, cols): divides the decoded columns
+            ins = self.in_scale
+            check_field(ins, "in_scale", (cols,) if ins.dim() == 1 else (1, cols), "float")
+        if self.bits == 8:
+            check_field(self.qdata, "qdata", (rows, cols), "int8/uint8")
+        else:  # exactly ``bits`` bits per weight
+            check_field(self.qdata, "qdata", (packed_nbytes(rows * cols, self.bits),), "uint8")
+
+    def load_nbytes(self) -> int:
+        rest = sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "qdata")
+        return rest + packed_nbytes(self.shape.numel(), container_bits(self.bits) if self.bits < 8 else 8)
 
     # -- storage <-> memory (below 8 bits) ------------------------------------------------
     def to_storage(self) -> dict[str, torch.Tensor]:

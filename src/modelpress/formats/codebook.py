@@ -275,8 +275,8 @@ class Codebook(CompressedTensor):
         return 1  # tensor, group-scaled: one codebook
 
     def validate(self) -> None:
-        n, k = self.shape.numel(), 1 << self.bits
         check(1 <= self.bits <= 8, f"bits must be in 1..8, got {self.bits}")
+        n, k = self.shape.numel(), 1 << self.bits
         g = self.group_size
         if self.granularity in ("group", "group-scaled"):
             check(g is not None and g > 0, f"'{self.granularity}' needs a positive group_size, got {g}")

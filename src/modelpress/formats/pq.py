@@ -14,12 +14,12 @@ byte each (``bits`` <= 8).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..primitives.bitpack import pack_bits, unpack_bits
-from .base import CompressedTensor, register_format
+from ..primitives.bitpack import pack_bits, packed_nbytes, unpack_bits
+from .base import CompressedTensor, check, check_field, register_format
 
 __all__ = ["ProductQuantized"]
 
@@ -53,6 +53,18 @@ class ProductQuantized(CompressedTensor):
 
     def meta(self) -> dict[str, Any]:
         return {"bits": self.bits, "dim": self.dim}
+
+    # -- checks at load (stored layout) ---------------------------------------------------
+    meta_types: ClassVar[dict[str, tuple[str, ...]]] = {"bits": ("int",), "dim": ("int",)}
+
+    def validate(self) -> None:
+        check(1 <= self.bits <= 8, f"bits must be in 1..8, got {self.bits}")
+        check(self.dim > 0, f"dim must be positive, got {self.dim}")
+        check_field(self.codebook, "codebook", (1 << self.bits, self.dim), "float")
+        check_field(self.codes, "codes", (packed_nbytes(self.n_codes, self.bits),), "uint8")
+
+    def load_nbytes(self) -> int:
+        return self.n_codes + self.codebook.numel() * self.codebook.element_size()  # a byte per code
 
     def to_storage(self) -> dict[str, torch.Tensor]:
         return {**super().to_storage(), "codes": pack_bits(self.codes, self.bits)}

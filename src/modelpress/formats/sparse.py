@@ -18,12 +18,12 @@ zero tensor. Embedding rows decode on their own with a bitmask (``decode_rows``)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..primitives.bitpack import pack_bits, unpack_bits
-from .base import CompressedTensor, register_format
+from ..primitives.bitpack import pack_bits, packed_nbytes, unpack_bits
+from .base import CompressedTensor, check, check_field, register_format
 
 __all__ = ["INDEX_KINDS", "SparseTensor", "relative_index"]
 
@@ -166,6 +166,31 @@ class SparseTensor(CompressedTensor):
     # -- storage ------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         return {"index_kind": self.index_kind, "n_values": self.n_values}
+
+    # -- checks at load (stored layout) ---------------------------------------------------
+    meta_types: ClassVar[dict[str, tuple[str, ...]]] = {"index_kind": ("str",), "n_values": ("int", "none")}
+
+    def validate(self) -> None:
+        n = self.shape.numel()
+        if self.index_kind == "bitmask":
+            check(0 <= self.n_values <= n, f"n_values {self.n_values} is outside 0..{n}")
+            index_len = packed_nbytes(n, 1)
+        else:
+            bits = int(self.index_kind.removeprefix("relative"))
+            most = n + n // (1 << bits) + 1  # kept weights + fillers bridging long gaps
+            check(0 <= self.n_values <= most, f"n_values {self.n_values} is outside 0..{most}")
+            index_len = packed_nbytes(self.n_values, bits)
+        check_field(self.values, "values", (self.n_values,), "float")
+        check_field(self.index, "index", (index_len,), "uint8")
+
+    def validate_loaded(self) -> None:
+        n = self.shape.numel()
+        if self.index_kind == "bitmask":
+            kept = int(unpack_bits(self.index, 1, n).sum())
+            check(kept == self.n_values, f"the bitmask keeps {kept} weights but n_values is {self.n_values}")
+        elif self.n_values:
+            last = int(self.positions()[-1])
+            check(last < n, f"the relative index reaches position {last}, past the {n} weights")
 
     def extra_repr(self) -> str:
         density = self.n_values / max(1, self.shape.numel())

@@ -9,11 +9,15 @@ Two kinds of base model:
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError, ModelpressError
 from ..registry import Registry
 
 __all__ = [
@@ -22,8 +26,10 @@ __all__ = [
     "STRUCTURE_CLASSES",
     "apply_structure",
     "build_base",
+    "check_config",
     "describe_base",
     "describe_structure",
+    "hub_offline",
     "register_architecture",
 ]
 
@@ -52,44 +58,247 @@ def describe_base(model: nn.Module) -> dict[str, Any]:
     if isinstance(model, PreTrainedModel):
         config = model.config.to_dict()
         config.pop("quantization_config", None)  # e.g. left by a GGUF load; weights are plain now
+        # remote code named by a hub config is never used: modelpress rebuilds the class
+        # from transformers itself (and ``load`` refuses configs that name remote code)
+        config.pop("auto_map", None)
         return {"library": "transformers", "class": type(model).__name__, "config": config}
     arch = getattr(type(model), "_modelpress_arch", None)
     if arch is None:
-        raise TypeError(
+        raise ConfigError(
             f"cannot save a {type(model).__name__}: modelpress saves transformers models and "
             "architectures registered with modelpress.models.register_architecture"
         )
     return {"library": "modelpress", "class": arch, "args": model.arch_args()}  # type: ignore[operator]
 
 
-def build_base(entry: dict[str, Any]) -> nn.Module:
-    """An instance of the base model with parameters on the meta device (buffers real).
+# -- no network, no remote code --------------------------------------------------------------
+#
+# Config keys that make transformers fetch or run something that is not in the installed
+# package: remote code (``auto_map`` / ``trust_remote_code``), backbones by hub id (resolved
+# with a hub request when the config is read, or downloaded with pretrained weights), and
+# attention / expert kernels named by a hub repository. Checked in every nested sub-config.
+_ATTN_KEYS = frozenset({"attn_implementation", "_attn_implementation", "_attn_implementation_internal"})
+_EXPERTS_KEYS = frozenset(
+    {"experts_implementation", "_experts_implementation", "_experts_implementation_internal"}
+)
+_LOCAL_ATTENTION = (None, "eager", "sdpa")
+
+
+def _remote_reason(key: str, value: Any, config: dict[str, Any]) -> str | None:
+    """Why ``config[key] = value`` would reach beyond the installed code, or None."""
+
+    def hub_like(v: Any) -> bool:
+        return isinstance(v, str) and ("/" in v or ":" in v)
+
+    if key == "auto_map" and value:
+        return "names remote code (auto_map)"
+    if key == "trust_remote_code" and value:
+        return "asks for remote code (trust_remote_code)"
+    if key == "use_pretrained_backbone" and value:
+        return "asks for pretrained backbone weights (use_pretrained_backbone), a download"
+    if key == "use_timm_backbone" and value:
+        return "asks for a timm backbone (use_timm_backbone), which may be fetched from the hub"
+    if key == "backbone" and value is not None:
+        if config.get("model_type") != "timm_backbone" or hub_like(value):
+            return f"names a backbone by id ({value!r}), which transformers looks up on the hub"
+    if key in _ATTN_KEYS:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v not in _LOCAL_ATTENTION for v in values):
+            return f"asks for the attention implementation {value!r} (only eager, sdpa or none are loaded)"
+    if key in _EXPERTS_KEYS:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v is not None and (not isinstance(v, str) or hub_like(v)) for v in values):
+            return f"asks for the experts implementation {value!r}, a hub kernel"
+    return None
+
+
+def check_config(config: Any, where: str = "config", _depth: int = 0) -> None:
+    """Refuse (``ArtifactError``) a model config, or any sub-config nested in it, with a key
+    that would make transformers fetch or run code from outside the installed packages."""
+    if _depth > 32:
+        raise ArtifactError(f"manifest {where} is nested more than 32 levels deep")
+    if isinstance(config, dict):
+        for key, value in config.items():
+            reason = _remote_reason(str(key), value, config)
+            if reason is not None:
+                raise ArtifactError(f"manifest {where}.{key} {reason}; modelpress never does that on load")
+            check_config(value, f"{where}.{key}", _depth + 1)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            check_config(value, f"{where}[{i}]", _depth + 1)
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Run with the Hugging Face hub switched off (``huggingface_hub`` refuses every request,
+    transformers resolves only local files): building a base model never reaches the network."""
+    import huggingface_hub.constants as hub_constants
+
+    global _offline_depth, _offline_saved
+    with _offline_lock:  # loads in several threads: the last one out restores the flag
+        if _offline_depth == 0:
+            _offline_saved = hub_constants.HF_HUB_OFFLINE
+        _offline_depth += 1
+        hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        with _offline_lock:
+            _offline_depth -= 1
+            if _offline_depth == 0:
+                hub_constants.HF_HUB_OFFLINE = _offline_saved
+
+
+_offline_lock = threading.Lock()
+_offline_depth = 0
+_offline_saved = False
+
+
+class _TooManyModules(BaseException):
+    """Raised from inside a constructor by the module budget (not an ``Exception``: the
+    constructor's own handlers must not swallow it)."""
+
+
+@contextlib.contextmanager
+def _module_budget(limit: int | None) -> Iterator[None]:
+    """Abort a constructor that registers more than ``limit`` submodules (a config asking
+    for 2**26 layers would build modules for minutes, on the meta device too)."""
+    if limit is None:
+        yield
+        return
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    count = 0
+
+    def hook(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyModules()
+
+    handle = register_module_module_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def build_base(entry: dict[str, Any], *, meta: bool = False, max_modules: int | None = None) -> nn.Module:
+    """An instance of the base model with parameters on the meta device (buffers real), or,
+    with ``meta=True``, with everything on the meta device (nothing allocated: what ``load``
+    measures and checks before it builds the real one).
 
     Parameters are assigned from the artifact afterwards; buffers that are not saved (e.g.
-    position ids, rotary frequencies) are computed by the constructor as usual.
+    position ids, rotary frequencies) are computed by the constructor as usual. The config is
+    checked first (``check_config``) and the constructor runs with the hub offline;
+    ``max_modules`` bounds the submodules it may create (``load`` derives it from the
+    number of stored tensors).
     """
+    try:
+        return _build_base(entry, meta=meta, max_modules=max_modules)
+    except _TooManyModules:
+        raise ArtifactError(
+            f"manifest config builds more than {max_modules} modules for an artifact of its size "
+            "(check its layer counts)"
+        ) from None
+
+
+def _build_base(entry: dict[str, Any], *, meta: bool, max_modules: int | None) -> nn.Module:
+    import torch
     from accelerate import init_empty_weights
 
+    if not isinstance(entry, dict):
+        raise ArtifactError("manifest 'base' is not an object")
     library, name = entry.get("library"), entry.get("class")
+    if not isinstance(name, str):
+        raise ArtifactError(f"manifest 'base' names no model class (class={name!r})")
+    empty = torch.device("meta") if meta else init_empty_weights(include_buffers=False)
     if library == "transformers":
         import transformers
 
-        cls = getattr(transformers, str(name), None)
+        try:
+            cls = getattr(transformers, name, None) if name.isidentifier() else None
+        except Exception:  # a lazily imported class whose backend is missing
+            cls = None
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
             raise ArtifactError(f"manifest names an unknown transformers model class '{name}'")
-        try:
-            config_class = cls.config_class
-            assert config_class is not None
-            config = config_class.from_dict(dict(entry.get("config", {})))
-        except Exception as e:
-            raise ArtifactError(f"manifest holds a config that {name} cannot read: {e}") from None
-        with init_empty_weights(include_buffers=False):
-            return cls(config)
+        raw = entry.get("config", {})
+        if not isinstance(raw, dict):
+            raise ArtifactError(f"manifest holds a config for {name} that is not an object")
+        check_config(raw)
+        with hub_offline():
+            try:
+                config_class = cls.config_class
+                assert config_class is not None
+                _check_config_types(config_class, raw, name)
+                config = config_class.from_dict(dict(raw))
+            except ArtifactError:
+                raise
+            except Exception as e:
+                raise ArtifactError(
+                    f"manifest holds a config that {name} cannot read: {_first_line(e)}"
+                ) from None
+            try:
+                with empty, _module_budget(max_modules):
+                    return cls(config)
+            except ModelpressError:
+                raise
+            except Exception as e:  # a config transformers accepts but cannot build (bad dims ...)
+                raise ArtifactError(f"manifest config does not build a {name}: {_first_line(e)}") from None
     if library == "modelpress":
-        cls = ARCHITECTURES.get(str(name))
-        with init_empty_weights(include_buffers=False):
-            return cls(**entry.get("args", {}))
+        try:
+            cls = ARCHITECTURES.get(name)
+        except ConfigError as e:
+            raise ArtifactError(f"manifest names {e}") from None
+        args = entry.get("args", {})
+        if not isinstance(args, dict):
+            raise ArtifactError(f"manifest holds arguments for {name} that are not an object")
+        try:
+            with hub_offline(), empty, _module_budget(max_modules):
+                return cls(**args)
+        except ModelpressError:
+            raise
+        except Exception as e:
+            raise ArtifactError(f"manifest arguments do not build a {name}: {_first_line(e)}") from None
     raise ArtifactError(f"manifest names an unknown model library '{library}'")
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    """``value`` has the JSON type of the config class's default (None always passes; an
+    int field may hold a list of ints: several end-of-sequence ids)."""
+    if value is None or default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        ints = value if isinstance(value, list) else [value]
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def _check_config_types(config_class: type, raw: dict[str, Any], name: str) -> None:
+    """Refuse a config value whose type differs from the config class's default for it
+    (``"output_hidden_states": "False"``, a float layer count ...): transformers would take
+    it and fail only in the first forward."""
+    try:
+        defaults = config_class().to_dict()
+    except Exception:  # a composite config that needs its parts: nothing to compare with
+        return
+    for key, value in raw.items():
+        if key in defaults and not _type_ok(defaults[key], value):
+            raise ArtifactError(
+                f"manifest gives {name}'s config {key}={value!r}, not of the type of its default "
+                f"{defaults[key]!r}"
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 # -- changed structure (structured pruning) ------------------------------------------------
@@ -170,8 +379,8 @@ def _module_args(m: nn.Module) -> dict[str, Any] | None:
     for arg, kind in spec[1].items():
         if arg == "bias":
             v: Any = getattr(m, "bias", None) is not None
-        elif arg == "padding" and isinstance(m.padding, str):  # type: ignore[attr-defined]
-            v = m.padding  # type: ignore[attr-defined]
+        elif arg == "padding" and isinstance(m.padding, str):
+            v = m.padding
         else:
             v = getattr(m, arg)
         out[arg] = list(v) if kind == _INTS and not isinstance(v, str) else v
@@ -182,6 +391,29 @@ def _int_attrs(m: nn.Module) -> dict[str, int]:
     return {
         a: v for a in STRUCTURE_ATTRS if isinstance(v := getattr(m, a, None), int) and not isinstance(v, bool)
     }
+
+
+def _stand_in_args(m: nn.Module, b: nn.Module) -> dict[str, Any] | None:
+    """The constructor arguments of the plain layer of ``b``'s class that the compressed
+    module ``m`` (a weight format of logical ``shape``) stands for, or ``None``: what the
+    ``structure`` entry records where a structurally pruned layer was then compressed."""
+    base_args = _module_args(b)
+    shape = getattr(getattr(m, "weight", None), "shape", None)
+    if base_args is None or not isinstance(shape, torch.Size) or len(shape) < 2:
+        return None
+    args = dict(base_args)
+    if isinstance(b, nn.Linear):
+        args.update(
+            in_features=int(shape[1]), out_features=int(shape[0]), bias=getattr(m, "bias", None) is not None
+        )
+    elif isinstance(b, nn.Embedding):
+        args.update(num_embeddings=int(shape[0]), embedding_dim=int(shape[1]))
+    elif isinstance(b, (nn.Conv1d, nn.Conv2d)):
+        groups = int(args.get("groups") or 1)
+        args.update(in_channels=int(shape[1]) * groups, out_channels=int(shape[0]))
+    else:
+        return None
+    return args
 
 
 def describe_structure(model: nn.Module, base_entry: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -196,6 +428,12 @@ def describe_structure(model: nn.Module, base_entry: dict[str, Any] | None = Non
     attributes: dict[str, dict[str, int]] = {}
     for name, m in model.named_modules():
         b = base_modules.get(name)
+        if b is not None and type(b) is not type(m) and hasattr(m, "format_attrs"):
+            # a compressed layer: record the plain layer it stands for where its dims changed
+            stand_in = _stand_in_args(m, b)
+            if stand_in is not None and stand_in != _module_args(b):
+                modules[name] = {"class": type(b).__name__, "args": stand_in}
+            continue
         if b is None or type(b) is not type(m):
             continue
         args = _module_args(m)

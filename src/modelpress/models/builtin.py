@@ -89,6 +89,11 @@ def resolve_model(
         return BUILTIN_MODELS.get(model)(seq_len=seq_len, eval_tokens=eval_tokens)
     source = local_source(model)
     task = task or _infer_task(read_config(source))
+    if task is None and not source.is_local:
+        raise ConfigError(
+            f"model '{model}' not found: no such local directory (as a hub id it needs "
+            "--task text-classification or --task causal-lm)"
+        )
     if task is None:
         raise ConfigError(
             f"cannot tell the task of {model}; pass --task text-classification or --task causal-lm"
