@@ -17,7 +17,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...formats.codebook import Codebook
 from ...training import TrainConfig, finetune_on_task, grads_on
-from ..base import POSITIVE, CompressContext, MethodConfig, param, register, register_config
+from ..base import NON_NEGATIVE, POSITIVE, CompressContext, MethodConfig, param, register, register_config
 
 __all__ = ["CentroidFineTuneConfig", "finetune_codebooks"]
 
@@ -33,7 +33,7 @@ class CentroidFineTuneConfig(MethodConfig):
     max_steps: int | None = param(None, POSITIVE)
     batch_size: int = param(32, POSITIVE)
     train_other: bool = True
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
 
 
 def finetune_codebooks(model: nn.Module, config: CentroidFineTuneConfig, ctx: CompressContext) -> None:

@@ -82,7 +82,7 @@ class KMeansConfig(MethodConfig):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     max_iter: int = param(300, NON_NEGATIVE)
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
 
     def validate(self) -> None:
         if self.granularity.startswith("group"):

@@ -43,7 +43,7 @@ class ProductQuantConfig(MethodConfig):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     max_iter: int = param(25, NON_NEGATIVE)
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
 
 
 @register(ProductQuantConfig)

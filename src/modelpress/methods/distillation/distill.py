@@ -109,7 +109,7 @@ class DistillConfig(MethodConfig):
     batch_size: int | None = param(None, POSITIVE)
     max_steps: int | None = param(None, POSITIVE)
     patience: int | None = param(None, NON_NEGATIVE)
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
     cache_teacher: bool = True
     checkpoint_dir: str | None = None
     checkpoint_every: int = param(200, POSITIVE)

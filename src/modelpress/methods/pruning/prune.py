@@ -133,7 +133,7 @@ class PruneConfig(MethodConfig):
     ramp: float = param(0.75, between(0, 1, lo_open=True))
     storage: str = param("sparse", one_of("sparse", "dense"))
     index: str = param("auto", one_of(*INDEX_CHOICES))
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
 
     def validate(self) -> None:
         nm = _parse_pattern(self.pattern)

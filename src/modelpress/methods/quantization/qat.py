@@ -25,6 +25,7 @@ from ...nn.decoded import wrap_decoded
 from ...nn.fake_quant import FakeQuantEmbedding, FakeQuantLinear, WeightQuantizer
 from ...training import FitResult, TrainConfig, finetune_on_task
 from ..base import (
+    NON_NEGATIVE,
     POSITIVE,
     CompressContext,
     MethodConfig,
@@ -64,7 +65,7 @@ class QATConfig(MethodConfig):
     lr: float = param(5e-5, POSITIVE)
     max_steps: int | None = param(None, POSITIVE)
     batch_size: int = param(32, POSITIVE)
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 

@@ -75,7 +75,7 @@ class StructuredConfig(MethodConfig):
     epochs: int = param(0, NON_NEGATIVE)
     lr: float = param(5e-5, POSITIVE)
     max_steps: int | None = param(None, POSITIVE)
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 

@@ -57,7 +57,7 @@ class PruneLayersConfig(MethodConfig):
     epochs: int = param(0, NON_NEGATIVE)
     lr: float = param(5e-5, POSITIVE)
     max_steps: int | None = param(None, POSITIVE)
-    seed: int = 0
+    seed: int = param(0, NON_NEGATIVE)
 
     def validate(self) -> None:
         if self.importance == "l2":
