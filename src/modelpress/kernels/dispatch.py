@@ -20,6 +20,7 @@ pinned kernel that cannot run a given format and input is a ``ConfigError``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -70,14 +71,23 @@ def register_kernel(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def _pins() -> dict[str, str]:
-    pins = dict(_forced)
-    for part in filter(None, os.environ.get("MODELPRESS_KERNELS", "").split(",")):
+@functools.lru_cache(maxsize=8)
+def _env_pins(spec: str) -> dict[str, str]:
+    """``MODELPRESS_KERNELS`` parsed (cached by its value: this runs at every call)."""
+    pins: dict[str, str] = {}
+    for part in filter(None, spec.split(",")):
         op, sep, name = part.strip().partition("=")
         if not sep:
             raise ConfigError(f"MODELPRESS_KERNELS: expected op=kernel entries, got '{part}'")
         pins.setdefault(op.strip(), name.strip())
     return pins
+
+
+def _pins() -> dict[str, str]:
+    env = _env_pins(os.environ.get("MODELPRESS_KERNELS", ""))
+    if not _forced:
+        return env
+    return {**env, **_forced}
 
 
 def force(op: str, name: str | None) -> None:
