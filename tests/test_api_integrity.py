@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from safetensors import safe_open
 from torch import nn
 
@@ -55,14 +56,39 @@ def _header(path: Path) -> tuple[int, dict]:
 def test_save_records_a_digest_per_tensor_and_of_the_manifest(tmp_path):
     path = mp.save(mp.compress(_lenet(), "int8-dynamic"), tmp_path / "a")
     m = json.loads((path / MANIFEST_FILE).read_text())
-    assert list(m)[-1] == "digests" and m["digests"]["algorithm"] == "sha256"
+    assert list(m)[-1] == "digests" and m["digests"]["algorithm"] == "xxh3-128"
     with safe_open(str(path / WEIGHTS_FILE), "pt") as f:
         assert set(m["digests"]["tensors"]) == set(f.keys())
         for key in f.keys():
             t = f.get_tensor(key)
             assert m["digests"]["tensors"][key] == tensor_digest(t)
-            assert tensor_digest(t) == hashlib.sha256(t.contiguous().view(torch.uint8).numpy()).hexdigest()
+            assert tensor_digest(t) == xxhash.xxh3_128(t.contiguous().view(torch.uint8).numpy()).hexdigest()
+            assert len(tensor_digest(t)) == 32
     assert m["digests"]["manifest"] == manifest_digest(m)
+
+
+def test_artifacts_with_sha256_digests_of_older_versions_are_still_verified(tmp_path):
+    path = mp.save(mp.compress(_lenet(), "int8-dynamic"), tmp_path / "a")
+    with safe_open(str(path / WEIGHTS_FILE), "pt") as f:
+        sha = {
+            k: hashlib.sha256(f.get_tensor(k).contiguous().view(torch.uint8).numpy()).hexdigest()
+            for k in f.keys()
+        }
+
+    def to_sha256(m):
+        m["digests"] = {"algorithm": "sha256", "tensors": sha}
+
+    _edit(path, to_sha256)
+    m = json.loads((path / MANIFEST_FILE).read_text())
+    assert m["digests"]["manifest"] == hashlib.sha256(mp.api._canonical(m)).hexdigest()
+    torch.testing.assert_close(mp.load(path)(_x()), mp.load(tmp_path / "a")(_x()))
+    key = next(iter(sha))
+    _edit(path, lambda m: m["digests"]["tensors"].update({key: "0" * 64}))
+    with pytest.raises(mp.ArtifactError, match=f"tensor '{key}'.*does not match its digest"):
+        mp.load(path)
+    _edit(path, lambda m: m["digests"].update({"algorithm": "md5"}))
+    with pytest.raises(mp.ArtifactError, match="'digests' must hold the algorithm"):
+        mp.load(path)
 
 
 def test_every_flipped_data_byte_is_caught_naming_the_tensor(tmp_path):
