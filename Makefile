@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/modelpress bench
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
@@ -37,7 +37,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
 
 # Peers for benchmarks/kmeans_1d.py (scikit-learn, flash1dkmeans + numba)

@@ -104,8 +104,8 @@ SA = "bert.encoder.layer.0.attention.self"
         (lambda s: s["modules"].update({"bert.nothing.here": s["modules"][Q]}), "does not have"),
         (lambda s: s["modules"].update({"bert.pooler.activation": s["modules"][Q]}), "base model has a Tanh"),
         (lambda s: s["attributes"][SA].update({"forward": 1}), "does not accept"),
-        (lambda s: s["attributes"][SA].update({"num_attention_heads": "1"}), "does not accept"),
-        (lambda s: s["attributes"][SA].update({"num_attention_heads": True}), "does not accept"),
+        (lambda s: s["attributes"][SA].update({"num_attention_heads": "1"}), "must be an integer"),
+        (lambda s: s["attributes"][SA].update({"num_attention_heads": True}), "must be an integer"),
         (lambda s: s.update({"code": "import os"}), "malformed"),
     ],
 )

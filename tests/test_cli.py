@@ -140,7 +140,7 @@ def test_bad_input_is_one_error_line_and_debug_shows_the_traceback(tmp_path, mon
     for edit, message in [
         (lambda m: m.update(recipe=[{"method": "no-such-method"}]), "recipe cannot be read"),
         (lambda m: m.update(base=["BertModel"]), "'base' must be an object"),
-        (lambda m: m["modules"].update(fc1={"version": 1}), "'class' name"),
+        (lambda m: m["modules"].update(fc1={"version": 1}), "'modules.fc1.class' is missing"),
     ]:
         bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
         mp.save(mp.compress(LeNet300100(hidden=(8, 4)), "int8-dynamic"), bad)

@@ -38,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import manifest_schema
 from . import methods as _methods  # noqa: F401 - registers the built-in methods
 from .errors import ArtifactError, ConfigError, ModelpressError, SaveError
 from .formats.base import MAX_DIM, MAX_NUMEL, CompressedTensor
@@ -197,7 +198,7 @@ def _check_finite(model: nn.Module, what: str) -> None:
 # against sha256's ~1.7 GB/s with SHA-NI (benchmarks/artifact_digest_cost.py), which keeps the
 # check within 10 % of a warm load; artifacts written with sha256 digests are still verified.
 DIGEST_ALGORITHM = "xxh3-128"
-_DIGEST_HEX_LEN = {"xxh3-128": 32, "sha256": 64}
+_DIGEST_HEX_LEN = manifest_schema.DIGEST_HEX_LEN
 
 
 def _hasher(algorithm: str) -> Any:
@@ -444,6 +445,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "which JSON cannot store"
         ) from None
     manifest["digests"]["manifest"] = manifest_digest(manifest)
+    try:
+        manifest_schema.validate(manifest)  # save writes only what load reads
+    except ValueError as e:
+        raise SaveError(f"cannot save: the manifest would be malformed: {e}") from None
     text = json.dumps(manifest, indent=1)
     try:
         _write_artifact(path, tensors, text)
@@ -553,17 +558,11 @@ MAX_MANIFEST_BYTES = 64 << 20
 MEMORY_FACTOR = 16
 MEMORY_SLACK = 256 << 20
 
-_REQUIRED_KEYS = ("format", "version", "base", "recipe", "modules", "tensors", "aliases")
-_OPTIONAL_KEYS = ("structure", "rebuilt_buffers", "digests")
-_HEX64 = frozenset("0123456789abcdef")
+_REQUIRED_KEYS = tuple(k for k, f in manifest_schema.Manifest.model_fields.items() if f.is_required())
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_digest(v: Any, algorithm: str) -> bool:
-    return isinstance(v, str) and len(v) == _DIGEST_HEX_LEN[algorithm] and set(v) <= _HEX64
 
 
 def _strict_json(text: str, where: Path) -> Any:
@@ -617,57 +616,13 @@ def _schema_error(mpath: Path, what: str) -> ArtifactError:
 
 
 def _check_schema(m: dict[str, Any], mpath: Path) -> None:
-    """Types of every manifest section (values inside are checked where they are used)."""
-    unknown = sorted(set(m) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
-    if unknown:
-        raise _schema_error(mpath, f"unknown key(s) {', '.join(map(repr, unknown[:5]))}")
-    base = m["base"]
-    if not isinstance(base, dict) or not isinstance(base.get("class"), str):
-        raise _schema_error(mpath, "'base' must be an object naming a model 'class'")
-    if not isinstance(base.get("library"), str) or not isinstance(
-        base.get("config", base.get("args", {})), dict
-    ):
-        raise _schema_error(mpath, "'base' must name its 'library' and hold a 'config' or 'args' object")
-    if not isinstance(m["recipe"], list) or not all(isinstance(c, dict) for c in m["recipe"]):
-        raise _schema_error(mpath, "'recipe' must be a list of method objects")
-    if not isinstance(m["modules"], dict):
-        raise _schema_error(mpath, "'modules' must be an object")
-    for name, entry in m["modules"].items():
-        if not name or any(not part for part in name.split(".")):
-            raise _schema_error(mpath, f"module name {name!r}")
-        if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
-            raise _schema_error(mpath, f"module '{name}' must be an object with a 'class' name")
-        if not _is_int(entry.get("version")) or not isinstance(entry.get("args", {}), dict):
-            raise _schema_error(mpath, f"module '{name}' needs an integer 'version' and an 'args' object")
-        formats = entry.get("formats", {})
-        if not isinstance(formats, dict) or not all(
-            isinstance(f, dict) and isinstance(f.get("format"), str) for f in formats.values()
-        ):
-            raise _schema_error(mpath, f"module '{name}' has malformed 'formats'")
-    if not isinstance(m["tensors"], dict) or not all(isinstance(v, dict) for v in m["tensors"].values()):
-        raise _schema_error(mpath, "'tensors' must map keys to {shape, dtype} objects")
-    for key in ("aliases", "rebuilt_buffers"):
-        v = m.get(key, {})
-        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
-            raise _schema_error(mpath, f"'{key}' must map names to strings")
-    if m.get("structure") is not None and not isinstance(m["structure"], dict):
-        raise _schema_error(mpath, "'structure' must be an object")
-    if "digests" in m:
-        d = m["digests"]
-        ok = (
-            isinstance(d, dict)
-            and set(d) == {"algorithm", "tensors", "manifest"}
-            and d["algorithm"] in _DIGEST_HEX_LEN
-            and _is_digest(d["manifest"], d["algorithm"])
-            and isinstance(d["tensors"], dict)
-            and all(_is_digest(v, d["algorithm"]) for v in d["tensors"].values())
-        )
-        if not ok:
-            raise _schema_error(
-                mpath,
-                "'digests' must hold the algorithm (one of "
-                f"{', '.join(_DIGEST_HEX_LEN)}) and the hex digests of the manifest and tensors",
-            )
+    """Every section against the declared schema (modelpress/manifest_schema.py: types,
+    bounds, known keys); values inside configs, args and format metadata are checked where
+    they are used."""
+    try:
+        manifest_schema.validate(m)
+    except ValueError as e:
+        raise _schema_error(mpath, str(e)) from None
 
 
 def _read_manifest(path: Path, *, verify: bool = True) -> dict[str, Any]:
