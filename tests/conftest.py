@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,13 @@ def tiny_llama(llama_config):
 
     torch.manual_seed(0)
     return LlamaForCausalLM(llama_config).eval()
+
+
+def pytest_configure(config):
+    """Kernel choices of the test run go to a fresh cache (not the user's): every run times
+    the kernels of this machine again."""
+    if "MODELPRESS_KERNEL_CACHE" not in os.environ:
+        os.environ["MODELPRESS_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="modelpress-kernels-")
 
 
 @pytest.fixture(autouse=True)

@@ -74,15 +74,19 @@ def test_reference_is_chosen_when_nothing_faster_applies(fmt):
     assert torch.equal(kernels.linear_a8(x, fmt), F.linear(x, fmt.decode()))
 
 
-def test_plain_linear_has_only_the_reference_today():
+def test_candidates_for_plain_int8_on_cpu():
     fmt = _int8()
-    assert kernels.chosen("linear", fmt, _x(3)).name == "reference"
+    assert [k.name for k in kernels.candidates("linear_a8", fmt, _x(3))] == ["fbgemm", "int_mm", "reference"]
+    assert [k.name for k in kernels.candidates("linear", fmt, _x(3))] == ["reference"]  # 40 columns
+    wide = _int8(cols=64)
+    assert [k.name for k in kernels.candidates("linear", wide, _x(3, 64))] == ["int8pack_bf16", "reference"]
 
 
 @pytest.mark.parametrize("n", [1, 7, 33])
-def test_int_mm_is_chosen_for_int8_and_matches_the_reference(n):
+def test_int_mm_matches_the_reference(n):
     fmt, x = _int8(), _x(n)
     bias = torch.randn(12, generator=torch.Generator().manual_seed(3))
+    kernels.force("linear_a8", "int_mm")
     assert kernels.chosen("linear_a8", fmt, x).name == "int_mm"
     out = kernels.linear_a8(x, fmt, bias)
     ref = F.linear(x, fmt.decode(), bias)  # what the reference kernel computes
@@ -97,7 +101,7 @@ def test_int_mm_is_chosen_for_int8_and_matches_the_reference(n):
     assert float((out - ref).norm() / ref.norm()) < 0.02
 
 
-def test_int_mm_needs_rows():
+def test_integer_kernels_need_rows():
     fmt = _int8()
     assert kernels.chosen("linear_a8", fmt, torch.zeros(0, 40)).name == "reference"  # no rows
 
@@ -115,7 +119,7 @@ def test_int8_embedding_gather_equals_reference():
 
 def test_env_pin_switches_kernel(monkeypatch):
     fmt, x = _int8(), _x(6)
-    assert kernels.chosen("linear_a8", fmt, x).name == "int_mm"
+    assert kernels.chosen("linear_a8", fmt, x).name != "reference"
     monkeypatch.setenv("MODELPRESS_KERNELS", "linear_a8=reference")
     assert kernels.chosen("linear_a8", fmt, x).name == "reference"
     assert torch.equal(kernels.linear_a8(x, fmt), F.linear(x, fmt.decode()))
@@ -140,7 +144,7 @@ def test_force_pins_and_unpins_and_wins_over_env(monkeypatch):
     assert kernels.chosen("linear_a8", fmt, x).name == "int_mm"  # now the env pin
     monkeypatch.delenv("MODELPRESS_KERNELS")
     kernels.force("linear_a8", None)  # unpinning twice is fine
-    assert kernels.chosen("linear_a8", fmt, x).name == "int_mm"
+    assert kernels.chosen("linear_a8", fmt, x).name != "reference"  # the machine's choice
 
 
 def _one_sentence(msg: str) -> None:
@@ -180,7 +184,7 @@ def test_force_unknown_kernel_names_the_known_ones():
 def test_env_pin_of_unknown_kernel_is_a_config_error(monkeypatch):
     monkeypatch.setenv("MODELPRESS_KERNELS", "linear_a8=nope")
     with pytest.raises(
-        ConfigError, match=r"no kernel 'nope' for op 'linear_a8' \(known: int_mm, reference\)"
+        ConfigError, match=r"no kernel 'nope' for op 'linear_a8' \(known: fbgemm, int_mm, reference\)"
     ):
         kernels.linear_a8(_x(2), _int8())
 

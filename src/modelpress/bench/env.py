@@ -5,35 +5,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..machine import cpu_flags, cpu_model
+
 __all__ = ["cpu_flags", "cpu_model", "environment", "tune_allocator"]
-
-_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_fp16")
-
-
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    p = Path("/proc/cpuinfo")
-    if p.is_file():
-        for line in p.read_text(errors="replace").splitlines():
-            if ":" in line:
-                k, v = line.split(":", 1)
-                info.setdefault(k.strip(), v.strip())
-    return info
-
-
-def cpu_model() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide which low-precision kernels are fast."""
-    flags = set(_cpuinfo().get("flags", "").split())
-    return [f for f in _FLAGS if f in flags]
 
 
 def tune_allocator() -> str:

@@ -13,14 +13,16 @@ from typing import Any
 import torch
 
 from ..formats.base import CompressedTensor
+from . import cpu as _cpu  # noqa: F401 - registers torch's CPU low-precision kernels
 from . import int8 as _int8  # noqa: F401 - registers the INT8 kernels
 from . import reference as _reference  # noqa: F401 - registers the reference kernels
-from .dispatch import KERNELS, Kernel, chosen, force, invalidate, register_kernel, run
+from .dispatch import KERNELS, Kernel, candidates, chosen, force, invalidate, register_kernel, run
 from .int8 import int_mm_available
 
 __all__ = [
     "KERNELS",
     "Kernel",
+    "candidates",
     "chosen",
     "conv",
     "embedding",
@@ -31,7 +33,16 @@ __all__ = [
     "linear_a8",
     "linear_a8_static",
     "register_kernel",
+    "used",
 ]
+
+
+def used(model: torch.nn.Module) -> dict[str, dict[str, int]]:
+    """Which kernels ran in ``model`` so far: op -> kernel name -> number of (weight, row
+    bucket) cases it was chosen for."""
+    from .dispatch import _chosen_kernels
+
+    return _chosen_kernels(model)
 
 
 def linear(x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None) -> torch.Tensor:

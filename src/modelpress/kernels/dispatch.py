@@ -13,6 +13,14 @@ call, it is kept on the format object (never in the state dict, never saved) and
 are replaced (``from_storage``). Code that edits a format's tensors in place calls
 ``invalidate`` too.
 
+Where several kernels can run a format and input, the dispatcher picks per machine: at the
+first call for a (format signature, weight shape, row bucket, dtype, device, threads) it
+times every candidate on that very call's inputs, drops any whose output differs from the
+reference kernel's by more than the kernel's ``tolerance`` (relative Frobenius error), and
+keeps the fastest (``autotune.py``; the choice is cached in the user cache dir, keyed by the
+machine and versions). ``MODELPRESS_AUTOTUNE=0`` skips the timing: the highest-priority
+candidate runs.
+
 ``MODELPRESS_KERNELS="op=name,..."`` (or ``force(op, name)``) pins the kernel of an op; a
 pinned kernel that cannot run a given format and input is a ``ConfigError``.
 """
@@ -30,7 +38,17 @@ import torch
 from ..errors import ConfigError
 from ..formats.base import CompressedTensor
 
-__all__ = ["KERNELS", "Kernel", "chosen", "force", "invalidate", "register_kernel", "run"]
+__all__ = [
+    "KERNELS",
+    "ROW_BUCKETS",
+    "Kernel",
+    "candidates",
+    "chosen",
+    "force",
+    "invalidate",
+    "register_kernel",
+    "run",
+]
 
 
 def _always(fmt: CompressedTensor, x: torch.Tensor) -> bool:
@@ -43,7 +61,9 @@ class Kernel:
 
     ``run(state, x, fmt, **kw)`` computes the op; ``state`` is what ``prepare(fmt)``
     returned (``None`` without ``prepare``). ``supports(fmt, x)`` says whether this kernel
-    can run that format on that input (dtype, device, shape limits)."""
+    can run that format on that input (dtype, device, shape limits). ``tolerance``: the
+    relative error against the reference kernel's output that the autotuner accepts (the
+    kernel's own rounding: activation quantization, bf16 activations ...)."""
 
     name: str
     op: str
@@ -52,6 +72,7 @@ class Kernel:
     prepare: Callable[[CompressedTensor], Any] | None = None
     supports: Callable[[CompressedTensor, torch.Tensor], bool] = _always
     priority: int = 0  # higher first; the reference kernel has the lowest
+    tolerance: float = 1e-4
 
     def accepts(self, fmt: CompressedTensor, x: torch.Tensor) -> bool:
         return ("*" in self.formats or fmt.format_name in self.formats) and self.supports(fmt, x)
@@ -101,42 +122,113 @@ def force(op: str, name: str | None) -> None:
     _forced[op] = name
 
 
-def chosen(op: str, fmt: CompressedTensor, x: torch.Tensor) -> Kernel:
-    """The kernel that ``run`` uses for this op, format and input."""
-    candidates = KERNELS.get(op)
-    if not candidates:
+def candidates(op: str, fmt: CompressedTensor, x: torch.Tensor) -> list[Kernel]:
+    """The kernels that can run this op, format and input, highest priority first (the
+    pinned one alone, when one is pinned)."""
+    ks = KERNELS.get(op)
+    if not ks:
         raise ConfigError(f"no kernel is registered for op '{op}'")
     pin = _pins().get(op)
     if pin is not None:
-        for k in candidates:
+        for k in ks:
             if k.name == pin:
                 if not k.accepts(fmt, x):
                     raise ConfigError(
                         f"kernel '{pin}' (pinned for {op}) cannot run a {fmt.format_name} weight "
                         f"{tuple(fmt.shape)} on a {x.dtype} input of shape {tuple(x.shape)} on {x.device}"
                     )
-                return k
-        raise ConfigError(f"no kernel '{pin}' for op '{op}' (known: {', '.join(k.name for k in candidates)})")
-    for k in candidates:
-        if k.accepts(fmt, x):
-            return k
-    raise ConfigError(f"no kernel for op '{op}' runs a {fmt.format_name} weight")  # the reference accepts all
+                return [k]
+        raise ConfigError(f"no kernel '{pin}' for op '{op}' (known: {', '.join(k.name for k in ks)})")
+    out = [k for k in ks if k.accepts(fmt, x)]
+    if not out:  # the reference accepts all
+        raise ConfigError(f"no kernel for op '{op}' runs a {fmt.format_name} weight")
+    return out
+
+
+def _by_name(op: str, name: str) -> Kernel:
+    return next(k for k in KERNELS[op] if k.name == name)
+
+
+def chosen(op: str, fmt: CompressedTensor, x: torch.Tensor) -> Kernel:
+    """The kernel that ``run`` uses for this op, format and input: the pinned one, the
+    one the autotuner chose (for this machine, from its cache), or the highest-priority
+    candidate where it has not timed this case yet."""
+    ks = candidates(op, fmt, x)
+    if len(ks) > 1:
+        from . import autotune
+
+        name = autotune.lookup(op, fmt, x, ks)
+        if name is not None:
+            return _by_name(op, name)
+    return ks[0]
 
 
 def _state(kernel: Kernel, fmt: CompressedTensor) -> Any:
     if kernel.prepare is None:
         return None
-    states: dict[tuple[str, str], Any] = fmt.__dict__.setdefault("_kernel_state", {})
+    states: dict[Any, Any] = fmt.__dict__.setdefault("_kernel_state", {})
     key = (kernel.op, kernel.name)
     if key not in states:
         states[key] = kernel.prepare(fmt)
     return states[key]
 
 
+def _select(op: str, x: torch.Tensor, fmt: CompressedTensor, kw: dict[str, Any]) -> Kernel:
+    ks = candidates(op, fmt, x)
+    if len(ks) == 1 or all(k.name != "reference" for k in KERNELS[op]):
+        return ks[0]  # nothing to choose, or no oracle to check a choice against
+    from . import autotune
+
+    return _by_name(op, autotune.choose(op, fmt, x, kw, ks, _state))
+
+
 def run(op: str, x: torch.Tensor, fmt: CompressedTensor, **kw: Any) -> torch.Tensor:
     """Compute ``op`` on input ``x`` with the weight ``fmt`` through the chosen kernel."""
-    k = chosen(op, fmt, x)
+    # the choice is remembered on the format (dropped with its prepared copies by
+    # ``invalidate``) per row bucket, dtype and device, and for the pins in force
+    states: dict[Any, Any] = fmt.__dict__.setdefault("_kernel_state", {})
+    key = ("_chosen", op, _rows_bucket(op, x, fmt), x.dtype, x.device, _pins_key())
+    k = states.get(key)
+    if k is None or not k.accepts(fmt, x):
+        k = states[key] = _select(op, x, fmt, kw)
     return k.run(_state(k, fmt), x, fmt, **kw)
+
+
+ROW_BUCKETS = (1, 4, 16, 64, 256, 1024)
+
+
+def _rows_bucket(op: str, x: torch.Tensor, fmt: CompressedTensor) -> int:
+    """The input's rows (tokens x batch), rounded up to a bucket: kernels are chosen per
+    bucket (a weight-only kernel may win for one row and lose for 64)."""
+    if op == "embedding":
+        rows = x.numel()
+    elif op == "conv":
+        rows = int(x.shape[0]) if x.dim() else 1
+    else:
+        rows = x.numel() // max(1, int(fmt.shape[-1])) if fmt.shape else x.numel()
+    for b in ROW_BUCKETS:
+        if rows <= b:
+            return b
+    return ROW_BUCKETS[-1] * 4
+
+
+def _pins_key() -> tuple[tuple[str, str], ...]:
+    pins = _pins()
+    return tuple(sorted(pins.items())) if pins else ()
+
+
+def _chosen_kernels(model: torch.nn.Module) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    seen: set[int] = set()
+    for m in model.modules():
+        if not isinstance(m, CompressedTensor) or id(m) in seen:
+            continue
+        seen.add(id(m))
+        for key, k in m.__dict__.get("_kernel_state", {}).items():
+            if isinstance(key, tuple) and key and key[0] == "_chosen":
+                per_op = out.setdefault(k.op, {})
+                per_op[k.name] = per_op.get(k.name, 0) + 1
+    return out
 
 
 def invalidate(fmt: CompressedTensor) -> None:

@@ -1,0 +1,195 @@
+"""CPU kernels from torch's own low-precision ops, chosen per machine by the autotuner.
+
+- ``fbgemm`` (``linear_a8``): fbgemm's dynamic-quantized linear
+  (``quantized::linear_dynamic`` on a ``quantized::linear_prepack``-ed per-channel int8
+  weight). It quantizes activations per tensor (asymmetric uint8) where ``int_mm``
+  quantizes per token, and it has AVX2 paths where ``torch._int_mm`` has none: measured
+  2-5x faster than fp32 on MiniLM shapes where ``_int_mm`` is 10x slower (AVX2-only CPUs).
+  Without VNNI, fbgemm multiplies u8 x s8 pairs into saturating int16 sums, so activations
+  use 7 bits there (``reduce_range``). The quantized-tensor constructors it needs are
+  deprecated in torch 2.13 (still present); the kernel registers only where the ops exist.
+- ``int8pack_bf16`` (``linear``): ``aten._weight_int8pack_mm`` with bf16 activations, for
+  symmetric per-row int8 weights: 1.2-2x fp32 at one row (LM decode), slower at many rows.
+- ``int4pack_bf16`` (``linear``): ``aten._weight_int4pack_mm_for_cpu`` with bf16
+  activations, for affine weights of 3 or 4 bits with groups of 32 / 64 / 128 / 256 columns
+  (RTN, GPTQ, AWQ, QAT formats) and a multiple of 16 rows: 1.4-2x fp32 at one row.
+
+The bf16 kernels round activations (and outputs) to bf16: their tolerance against the
+reference is 2 %, the int8 one's 5 % (activation quantization). The autotuner keeps a
+kernel only where it is also the fastest for that shape and row count here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from ..formats.affine import AffineQuantized
+from ..formats.base import CompressedTensor
+from ..machine import has_vnni
+from ..primitives.quant import qrange
+from .dispatch import Kernel, register_kernel
+
+__all__: list[str] = []
+
+
+def _has_op(namespace: str, name: str) -> bool:
+    try:
+        return hasattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _cpu_rows(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0 and fmt.device.type == "cpu"
+
+
+def _plain_int8(fmt: CompressedTensor) -> bool:
+    return (
+        isinstance(fmt, AffineQuantized)
+        and fmt.bits == 8
+        and fmt.symmetric
+        and fmt.group_size is None
+        and fmt.in_scale is None
+        and fmt.qdata.dtype == torch.int8
+    )
+
+
+# -- fbgemm dynamic W8A8 -------------------------------------------------------------------
+
+
+def _fbgemm_prepare(fmt: CompressedTensor) -> Any:
+    assert isinstance(fmt, AffineQuantized)
+    n = int(fmt.shape[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the quantized-tensor constructors are deprecated
+        qw = torch._make_per_channel_quantized_tensor(
+            fmt.qdata.contiguous(), fmt.scale.reshape(-1).double(), torch.zeros(n, dtype=torch.long), 0
+        )
+        return torch.ops.quantized.linear_prepack(qw, None)
+
+
+def _fbgemm_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    return (
+        _plain_int8(fmt) and _cpu_rows(fmt, x) and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    )
+
+
+_REDUCE_RANGE = not has_vnni()
+
+
+def _fbgemm_linear(
+    packed: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, _REDUCE_RANGE)
+    if bias is not None:
+        y.add_(bias)
+    return y
+
+
+# -- weight-only int8 / int4 with bf16 activations ----------------------------------------
+
+
+def _int8pack_prepare(fmt: CompressedTensor) -> Any:
+    assert isinstance(fmt, AffineQuantized)
+    return fmt.scale.reshape(-1).to(torch.bfloat16).contiguous()
+
+
+def _int8pack_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    # torch 2.13's kernel reads out of bounds (wrong results, or a segfault) when the input
+    # width is not a multiple of its vector width: measured on 24/25/40 columns
+    return _plain_int8(fmt) and _cpu_rows(fmt, x) and x.is_floating_point() and int(fmt.shape[1]) % 32 == 0
+
+
+def _int8pack_linear(
+    scales: torch.Tensor, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    assert isinstance(fmt, AffineQuantized)
+    y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), fmt.qdata, scales).to(x.dtype)
+    if bias is not None:
+        y.add_(bias.to(x.dtype))
+    return y
+
+
+_INT4_GROUPS = (32, 64, 128, 256)
+
+
+def _int4pack_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    # 2-bit: the bf16 offset ``z`` is up to 7 scales for weights of about one scale, and
+    # its rounding alone costs ~1.5 % of the output (measured): left to the reference
+    if not (isinstance(fmt, AffineQuantized) and fmt.bits in (3, 4) and _cpu_rows(fmt, x)):
+        return False
+    rows, cols = int(fmt.shape[0]), int(fmt.shape[1])
+    g = fmt.group_size
+    return g in _INT4_GROUPS and cols % g == 0 and rows % 16 == 0 and x.is_floating_point()
+
+
+def _int4pack_prepare(fmt: CompressedTensor) -> Any:
+    """The weight in torch's CPU int4 tile layout, and its (groups, rows, 2) scales and
+    offsets: ``w = (u - 8) * s + z`` with ``u`` the unsigned code, so with ``q = u + qmin``
+    and ``w = (q - zp) * s``, ``z = (8 + qmin - zp) * s``."""
+    assert isinstance(fmt, AffineQuantized) and fmt.group_size is not None
+    qmin, _ = qrange(fmt.bits, fmt.symmetric)
+    u = (fmt.int_values() - qmin).to(torch.int32).contiguous()  # (rows, cols) in [0, 2^bits)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 2)
+    s = fmt.scale.float()  # (rows, groups)
+    zp = torch.zeros_like(s) if fmt.zero_point is None else fmt.zero_point.float()
+    z = (8 + qmin - zp) * s
+    sz = torch.stack([s.t(), z.t()], dim=-1).contiguous().to(torch.bfloat16)  # (groups, rows, 2)
+    in_scale = None if fmt.in_scale is None else fmt.in_scale.float().reshape(1, -1)
+    return packed, sz, in_scale
+
+
+def _int4pack_linear(
+    state: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    assert isinstance(fmt, AffineQuantized) and fmt.group_size is not None
+    packed, sz, in_scale = state
+    xb = (x.float() / in_scale if in_scale is not None else x).to(torch.bfloat16)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, fmt.group_size, sz).to(x.dtype)
+    if bias is not None:
+        y.add_(bias.to(x.dtype))
+    return y
+
+
+if _has_op("quantized", "linear_dynamic") and _has_op("quantized", "linear_prepack"):
+    register_kernel(
+        Kernel(
+            "fbgemm",
+            "linear_a8",
+            ("affine",),
+            _fbgemm_linear,
+            prepare=_fbgemm_prepare,
+            supports=_fbgemm_ok,
+            priority=10,
+            tolerance=0.05,
+        )
+    )
+if _has_op("aten", "_weight_int8pack_mm"):
+    register_kernel(
+        Kernel(
+            "int8pack_bf16",
+            "linear",
+            ("affine",),
+            _int8pack_linear,
+            prepare=_int8pack_prepare,
+            supports=_int8pack_ok,
+            priority=5,
+            tolerance=0.02,
+        )
+    )
+if _has_op("aten", "_weight_int4pack_mm_for_cpu") and _has_op("aten", "_convert_weight_to_int4pack_for_cpu"):
+    register_kernel(
+        Kernel(
+            "int4pack_bf16",
+            "linear",
+            ("affine",),
+            _int4pack_linear,
+            prepare=_int4pack_prepare,
+            supports=_int4pack_ok,
+            priority=5,
+            tolerance=0.02,
+        )
+    )
