@@ -61,7 +61,9 @@ def test_fp16_values_keep_dtype():
     assert f.values.dtype == torch.float16 and torch.equal(f.decode(), w)
 
 
-def test_modules_equal_ops_on_decoded_weight(device):
+def test_modules_equal_ops_on_decoded_weight(device, monkeypatch):
+    # the modules' wiring, exactly: the reference kernel (faster kernels: tests/kernels)
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference")
     w, mask = _pruned((24, 40), 0.3)
     lin = nn.Linear(40, 24)
     with torch.no_grad():

@@ -67,8 +67,9 @@ def test_every_op_has_a_reference_kernel_last():
 )
 def test_reference_is_chosen_when_nothing_faster_applies(fmt):
     x = _x(5)
-    for op in ("linear", "linear_a8"):
-        assert kernels.chosen(op, fmt, x).name == "reference"
+    assert kernels.chosen("linear_a8", fmt, x).name == "reference"
+    # weight-only linears: only the re-quantizing fbgemm kernel besides the reference
+    assert {k.name for k in kernels.candidates("linear", fmt, x)} <= {"fbgemm_requant", "reference"}
     assert kernels.chosen("embedding", fmt, torch.tensor([0, 1])).name == "reference"
     # and it computes the float op on the decoded weight
     assert torch.equal(kernels.linear_a8(x, fmt), F.linear(x, fmt.decode()))
@@ -77,9 +78,11 @@ def test_reference_is_chosen_when_nothing_faster_applies(fmt):
 def test_candidates_for_plain_int8_on_cpu():
     fmt = _int8()
     assert [k.name for k in kernels.candidates("linear_a8", fmt, _x(3))] == ["fbgemm", "int_mm", "reference"]
-    assert [k.name for k in kernels.candidates("linear", fmt, _x(3))] == ["reference"]  # 40 columns
+    # 40 columns: not for int8pack
+    assert [k.name for k in kernels.candidates("linear", fmt, _x(3))] == ["fbgemm_requant", "reference"]
     wide = _int8(cols=64)
-    assert [k.name for k in kernels.candidates("linear", wide, _x(3, 64))] == ["int8pack_bf16", "reference"]
+    names = [k.name for k in kernels.candidates("linear", wide, _x(3, 64))]
+    assert names == ["fbgemm_requant", "int8pack_bf16", "reference"]
 
 
 @pytest.mark.parametrize("n", [1, 7, 33])

@@ -12,7 +12,9 @@ def _cluster(w: torch.Tensor, bits: int = 4) -> Codebook:
     return Codebook.from_codes(w.shape, r.codes, r.centroids, bits=bits, granularity="channel")
 
 
-def test_compressed_ops_equal_ops_on_decoded_weights(device):
+def test_compressed_ops_equal_ops_on_decoded_weights(device, monkeypatch):
+    # the modules' wiring, exactly: the reference kernel (faster kernels: tests/kernels)
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference")
     torch.manual_seed(0)
     lin, emb, conv = nn.Linear(32, 12), nn.Embedding(50, 16), nn.Conv2d(3, 8, 3, padding=1, stride=2)
     dl = DecodedLinear.wrap(lin, _cluster(lin.weight)).to(device)

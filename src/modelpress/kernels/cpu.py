@@ -14,6 +14,14 @@
   activations, for affine weights of 3 or 4 bits with groups of 32 / 64 / 128 / 256 columns
   (RTN, GPTQ, AWQ, QAT formats) and a multiple of 16 rows: 1.4-2x fp32 at one row.
 
+- ``fbgemm_requant`` (``linear``): any weight-only format (affine of any bits and groups,
+  codebooks, PQ, sparse) decoded once, re-quantized to per-row int8 (a rounding far below
+  the format's own) and run through fbgemm's dynamic W8A8 linear. The stored artifact is
+  unchanged; at run time the weights take 1 byte each (fbgemm's packed copy) and the
+  activations are quantized on the fly, as llama.cpp does for its 4-bit formats (Q4 x Q8
+  dot products). Chosen only where it agrees with the reference within 5 % and is the
+  fastest; the bench shows which kernel ran and the task metric it reached.
+
 The bf16 kernels round activations (and outputs) to bf16: their tolerance against the
 reference is 2 %, the int8 one's 5 % (activation quantization). The autotuner keeps a
 kernel only where it is also the fastest for that shape and row count here.
@@ -154,7 +162,45 @@ def _int4pack_linear(
     return y
 
 
+def _requant_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    return len(fmt.shape) == 2 and _cpu_rows(fmt, x) and x.is_floating_point()
+
+
+def _requant_prepare(fmt: CompressedTensor) -> Any:
+    w = fmt.decode(torch.float32)
+    scale = w.abs().amax(dim=1).clamp_min_(1e-12).div_(127.0)
+    q = torch.round(w.div_(scale.reshape(-1, 1))).clamp_(-127, 127).to(torch.int8)
+    del w
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the quantized-tensor constructors are deprecated
+        qw = torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0
+        )
+        return torch.ops.quantized.linear_prepack(qw, None)
+
+
+def _requant_linear(
+    packed: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, _REDUCE_RANGE)
+    if bias is not None:
+        y.add_(bias.float())
+    return y.to(x.dtype)
+
+
 if _has_op("quantized", "linear_dynamic") and _has_op("quantized", "linear_prepack"):
+    register_kernel(
+        Kernel(
+            "fbgemm_requant",
+            "linear",
+            ("*",),
+            _requant_linear,
+            prepare=_requant_prepare,
+            supports=_requant_ok,
+            priority=8,
+            tolerance=0.05,
+        )
+    )
     register_kernel(
         Kernel(
             "fbgemm",

@@ -182,8 +182,29 @@ def _select(op: str, x: torch.Tensor, fmt: CompressedTensor, kw: dict[str, Any])
     return _by_name(op, autotune.choose(op, fmt, x, kw, ks, _state))
 
 
+def _needs_grad(x: torch.Tensor, fmt: CompressedTensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad:
+        return True
+    return any(t.requires_grad for t in fmt._buffers.values() if t is not None) or any(
+        p.requires_grad for p in fmt._parameters.values() if p is not None
+    )
+
+
 def run(op: str, x: torch.Tensor, fmt: CompressedTensor, **kw: Any) -> torch.Tensor:
-    """Compute ``op`` on input ``x`` with the weight ``fmt`` through the chosen kernel."""
+    """Compute ``op`` on input ``x`` with the weight ``fmt`` through the chosen kernel.
+
+    Where autograd needs gradients through the input or the format's tensors (fine-tuning
+    centroids, distilling through a compressed layer), the reference kernel runs: it is
+    the only differentiable one. A bias that requires grad is added outside the kernel."""
+    if _needs_grad(x, fmt):
+        return _by_name(op, "reference").run(None, x, fmt, **kw)
+    bias = kw.get("bias")
+    # (outputs whose last dim is the bias's: the linear ops; conv has only the reference)
+    late_bias = op != "conv" and bias is not None and bias.requires_grad and torch.is_grad_enabled()
+    if late_bias:
+        kw = {**kw, "bias": None}
     # the choice is remembered on the format (dropped with its prepared copies by
     # ``invalidate``) per row bucket, dtype and device, and for the pins in force
     states: dict[Any, Any] = fmt.__dict__.setdefault("_kernel_state", {})
@@ -191,7 +212,11 @@ def run(op: str, x: torch.Tensor, fmt: CompressedTensor, **kw: Any) -> torch.Ten
     k = states.get(key)
     if k is None or not k.accepts(fmt, x):
         k = states[key] = _select(op, x, fmt, kw)
-    return k.run(_state(k, fmt), x, fmt, **kw)
+    y = k.run(_state(k, fmt), x, fmt, **kw)
+    if late_bias:
+        assert bias is not None
+        y = y + bias.to(y.dtype)
+    return y
 
 
 ROW_BUCKETS = (1, 4, 16, 64, 256, 1024)
