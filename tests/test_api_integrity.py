@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import struct
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 
 import modelpress as mp
 from modelpress.api import MANIFEST_FILE, WEIGHTS_FILE, manifest_digest, tensor_digest
-from modelpress.models.architectures import build_base, check_config, register_architecture
+from modelpress.models.architectures import build_base, check_config, check_config_keys, register_architecture
 
 
 def _lenet(hidden=(16, 8)) -> nn.Module:
@@ -87,7 +88,9 @@ def test_artifacts_with_sha256_digests_of_older_versions_are_still_verified(tmp_
     with pytest.raises(mp.ArtifactError, match=f"tensor '{key}'.*does not match its digest"):
         mp.load(path)
     _edit(path, lambda m: m["digests"].update({"algorithm": "md5"}))
-    with pytest.raises(mp.ArtifactError, match="'digests.algorithm' should be 'xxh3-128' or 'sha256'"):
+    with pytest.raises(
+        mp.ArtifactError, match=re.escape("'digests.algorithm' should be 'xxh3-128' or 'sha256'")
+    ):
         mp.load(path)
 
 
@@ -303,6 +306,77 @@ def test_plain_configs_pass_the_network_check(tiny_bert, tiny_llama):
             "backbone_config": {"model_type": "timm_backbone", "backbone": "resnet50"},
         }
     )
+
+
+# -- an allow-list of config keys per class ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"foo": [1, 2]}, "'foo' is not a BertConfig field and holds a list; refused"),
+        ({"foo": {"a": 1}}, "'foo' is not a BertConfig field and holds an object; refused"),
+        ({"foo": "some-user/some-model"}, "'foo' is not a BertConfig field and holds the string"),
+        ({"foo": "hf-hub:u/m"}, "looks like a hub id or a path"),
+        ({"foo": "/etc/passwd"}, "looks like a hub id or a path"),
+        ({"rope_parameters": {"rope_type": "default"}}, "'rope_parameters' is not a BertConfig field"),
+    ],
+)
+def test_an_unknown_config_key_holding_more_than_a_plain_scalar_is_refused(
+    tmp_path, tiny_bert, extra, message
+):
+    path = mp.save(tiny_bert, tmp_path / "a")
+    _edit(path, lambda m: m["base"]["config"].update(extra))
+    with pytest.raises(mp.ArtifactError, match=re.escape(message)) as e:
+        mp.load(path)
+    assert str(e.value).startswith("manifest config key '")
+
+
+def test_unknown_config_keys_holding_plain_scalars_and_known_keys_pass(tmp_path, tiny_bert):
+    path = mp.save(tiny_bert, tmp_path / "a")
+    extra = {"foo": 1, "bar": 2.5, "baz": None, "qux": True, "position_embedding_type": "absolute"}
+    # keys PretrainedConfig reads (those of transformers 4 too) may hold objects and lists
+    extra |= {"task_specific_params": {"summarization": {"num_beams": 4}}, "bad_words_ids": [[1]]}
+    _edit(path, lambda m: m["base"]["config"].update(extra))
+    x = torch.tensor([[101, 2023, 102]])
+    with torch.no_grad():
+        assert torch.equal(mp.load(path)(input_ids=x).logits, tiny_bert(input_ids=x).logits)
+
+
+def test_sub_configs_are_checked_against_their_own_class():
+    from transformers import LlavaConfig
+
+    raw = LlavaConfig().to_dict()
+    check_config_keys(LlavaConfig, raw)
+    raw["text_config"]["evil"] = ["x"]
+    with pytest.raises(
+        mp.ArtifactError, match=r"'text_config\.evil' is not a LlamaConfig field and holds a list"
+    ):
+        check_config_keys(LlavaConfig, raw)
+    raw = LlavaConfig().to_dict()
+    raw["vision_config"]["evil"] = "u/m"
+    with pytest.raises(mp.ArtifactError, match=r"'vision_config\.evil' is not a CLIPVisionConfig field"):
+        check_config_keys(LlavaConfig, raw)
+
+
+def test_every_config_modelpress_saves_passes_the_allow_list(tiny_bert, tiny_llama, minilm_dir):
+    """Tiny BERT and Llama of the tests, MiniLM's packaged config and SmolLM2's GGUF config
+    (as ``modelpress compress`` gets them) pass; their manifests' ``base`` is what is checked."""
+    from transformers import BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from modelpress.models.architectures import describe_base
+    from modelpress.models.sources import smollm2_source
+
+    src = smollm2_source()
+    raw = load_gguf_checkpoint(str(Path(src.path) / str(src.gguf_file)), return_tensors=False)["config"]
+    with torch.device("meta"):
+        smollm2 = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in raw.items() if not k.startswith("_")}))
+        minilm = BertForSequenceClassification.from_pretrained(str(minilm_dir), device_map="meta")
+    for model in (tiny_bert, tiny_llama, smollm2, minilm):
+        base = describe_base(model)
+        check_config_keys(type(model).config_class, base["config"])
+        build_base(base, meta=True)
 
 
 def test_a_detr_with_a_hub_backbone_never_calls_the_hub(tmp_path, tiny_bert, monkeypatch):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .api import artifact_bytes, compress, compression_notes, load, recipe_of, save
-from .errors import ArtifactError, ConfigError, DataError, ModelpressError
+from .errors import ArtifactError, ConfigError, DataError, ModelpressError, SaveError
 from .methods.base import CONFIGS, PRESETS, CompressContext, MethodConfig, register, register_config
 from .methods.baseline.cast import CastConfig
 from .methods.baseline.int8_dynamic import Int8DynamicConfig
@@ -32,6 +32,7 @@ __all__ = [
     "Int8DynamicConfig",
     "MethodConfig",
     "ModelpressError",
+    "SaveError",
     "Recipe",
     "__version__",
     "artifact_bytes",

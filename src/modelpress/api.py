@@ -399,7 +399,12 @@ def _write_file(path: Path, write: Any) -> None:
     os.chmod(path, 0o644)
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> Path:
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    extras: typing.Mapping[str, typing.Callable[[Path], object]] | None = None,
+) -> Path:
     """Write ``model`` to the directory ``path`` (``model.safetensors`` + ``manifest.json``).
 
     ``path`` must be new, empty, or a modelpress artifact holding nothing else (which is
@@ -408,11 +413,24 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     exchange of the two directories), so a kill at any instant leaves the old complete
     artifact or the new one at ``path``; leftovers of a killed save are cleaned (or the old
     artifact recovered) by the next ``save`` or ``load``.
+
+    ``extras``: more entries of the artifact, by name (only ``"tokenizer"``, see
+    ``ARTIFACT_ENTRIES``) -> a function that writes that entry at the path it is given,
+    inside the temporary directory, before the swap: an entry that fails to be written
+    (``SaveError``) leaves no artifact behind, and an old one at ``path`` as it was.
     """
     given = Path(path)
     path = check_save_target(given)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"save takes a torch nn.Module, got {type(model).__name__}")
+    extras = dict(extras or {})
+    addable = ARTIFACT_ENTRIES - {WEIGHTS_FILE, MANIFEST_FILE}
+    unknown = sorted(str(name) for name in extras if name not in addable)
+    if unknown or not all(callable(w) for w in extras.values()):
+        raise ConfigError(
+            f"save can add only {', '.join(sorted(addable))} to an artifact, each by a function that "
+            f"writes it (got {', '.join(map(repr, unknown)) or 'an entry that is not a function'})"
+        )
     tensors, specs, aliases, modules = _collect(model)
     base = describe_base(model)
     manifest = {
@@ -451,7 +469,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         raise SaveError(f"cannot save: the manifest would be malformed: {e}") from None
     text = json.dumps(manifest, indent=1)
     try:
-        _write_artifact(path, tensors, text)
+        _write_artifact(path, tensors, text, extras)
     except OSError as e:
         if isinstance(e, SaveError):
             raise
@@ -499,7 +517,12 @@ def _probe_writable(target: Path) -> None:
     probe.rmdir()
 
 
-def _write_artifact(path: Path, tensors: dict[str, torch.Tensor], manifest_text: str) -> None:
+def _write_artifact(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    manifest_text: str,
+    extras: typing.Mapping[str, typing.Callable[[Path], object]] | None = None,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.parent / f".{path.name}.tmp-{token}"
@@ -511,6 +534,23 @@ def _write_artifact(path: Path, tensors: dict[str, torch.Tensor], manifest_text:
             lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
         )
         _write_file(tmp / MANIFEST_FILE, lambda p: p.write_text(manifest_text))
+        for name, write in (extras or {}).items():
+            try:
+                write(tmp / name)
+            except ModelpressError:
+                raise
+            except Exception as e:  # whatever the writer raises (transformers: ValueError ...)
+                why = (e.strerror if isinstance(e, OSError) else None) or str(e).strip() or type(e).__name__
+                raise SaveError(
+                    f"cannot write '{name}' into the artifact at {path}: {why.splitlines()[0][:300]}"
+                ) from e
+            for root, dirs, files in os.walk(tmp / name):
+                for f in files:
+                    with contextlib.suppress(OSError), open(os.path.join(root, f), "rb") as fh:
+                        os.fsync(fh.fileno())
+                for d in dirs:
+                    _fsync_dir(Path(root) / d)
+            _fsync_dir(tmp / name)
         _fsync_dir(tmp)
         if path.exists() and any(path.iterdir()):
             if _exchange(tmp, path):  # tmp now holds the old artifact

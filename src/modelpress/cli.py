@@ -47,12 +47,16 @@ DataOpt = Annotated[
     str | None,
     typer.Option("--data", help="CSV / JSONL file with a 'text' column (and 'label' for classification)."),
 ]
+# Counts are checked by the library (one ``error:`` line for 0 or -1, as for any bad input).
 SeqLenOpt = Annotated[
-    int | None, typer.Option("--seq-len", min=1, help="Tokens per example for timing (default 64, LMs 128).")
+    int | None,
+    typer.Option("--seq-len", help="Tokens per example for timing, >= 1 (default 64, LMs 128)."),
 ]
 EvalTokensOpt = Annotated[
     int | None,
-    typer.Option("--eval-tokens", min=256, help="Causal LM: tokens in the perplexity slice (8192)."),
+    typer.Option(
+        "--eval-tokens", help="Causal LM: tokens in the perplexity slice, >= 512 (one window; 8192)."
+    ),
 ]
 
 
@@ -124,7 +128,7 @@ def bench(
         ),
     ] = "auto",
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
+        int | None, typer.Option("--threads", help="CPU threads, >= 1 (default: torch's).")
     ] = None,
     seq_len: SeqLenOpt = None,
     eval_tokens: EvalTokensOpt = None,
@@ -217,6 +221,7 @@ def compress(
     """Compress a model and save the artifact (model.safetensors + manifest.json, tokenizer in tokenizer/)."""
     from . import api
     from .models.builtin import resolve_model
+    from .models.text import check_chat_templates
     from .recipe import Recipe, resolve_methods
 
     try:
@@ -225,12 +230,18 @@ def compress(
         for _, r in resolve_methods(methods):
             recipe = recipe + r
         adapter = resolve_model(model, task=task, data=data)
-        original = adapter.load_original()
-        compressed = api.compress(original, recipe, data=adapter)
-        path = api.save(compressed, output)
+        # A tokenizer that cannot be saved (a chat template named '../x') is refused before any
+        # work, and again once the original is loaded (which may bring its own tokenizer).
         tok = getattr(adapter, "tokenizer", None)
-        if tok is not None:
-            tok.save_pretrained(str(path / "tokenizer"))
+        check_chat_templates(tok, f"the tokenizer of {model}")
+        original = adapter.load_original()
+        tok = getattr(adapter, "tokenizer", None)
+        check_chat_templates(tok, f"the tokenizer of {model}")
+        compressed = api.compress(original, recipe, data=adapter)
+        # The tokenizer is written into the artifact's temporary directory, before the swap:
+        # a failure there leaves no half-written artifact (and an old one as it was).
+        extras = {} if tok is None else {"tokenizer": lambda d: tok.save_pretrained(str(d))}
+        path = api.save(compressed, output, extras=extras)
     except (ModelpressError, OSError) as e:
         raise _fail(e) from None
     console.print(

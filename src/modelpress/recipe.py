@@ -62,6 +62,8 @@ class Recipe:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe is not valid YAML: {e}") from None
+        except RecursionError:
+            raise ConfigError("recipe is nested too deeply to be read") from None
         if data is None:
             return cls()
         if isinstance(data, dict):
@@ -73,9 +75,11 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
+            raise ConfigError(f"cannot read recipe {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"recipe {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         return cls.from_yaml(text)
 
     def save(self, path: str | Path) -> None:

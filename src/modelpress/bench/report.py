@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import SaveError
 from .runner import ROW_KEYS
 
 __all__ = ["format_row", "markdown", "write_reports"]
@@ -125,8 +126,12 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -185,13 +190,18 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def write_reports(result: dict[str, Any], out: Path, command: str | None = None) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write results.{json,csv,md,png} into ``out``; ``SaveError`` where it cannot."""
+    out = Path(out)
     paths = {k: out / f"results.{k}" for k in ("json", "csv", "md", "png")}
     result_json = {"env": result["env"], "rows": result["rows"]}
     if command:
         result_json["env"] = {**result["env"], "command": command}
-    _atomic_write(paths["json"], json.dumps(result_json, indent=1, default=str) + "\n")
-    _atomic_write(paths["csv"], _csv(result["rows"]))
-    _atomic_write(paths["md"], markdown(result, command))
-    plot(result, paths["png"])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(paths["json"], json.dumps(result_json, indent=1, default=str) + "\n")
+        _atomic_write(paths["csv"], _csv(result["rows"]))
+        _atomic_write(paths["md"], markdown(result, command))
+        plot(result, paths["png"])
+    except OSError as e:
+        raise SaveError(f"cannot write the benchmark reports to {out}: {e.strerror or e}") from e
     return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,8 +21,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..api import artifact_bytes, compress, compression_notes, load, save
-from ..errors import ConfigError
+from ..api import artifact_bytes, check_save_target, compress, compression_notes, load, save
+from ..errors import ConfigError, SaveError
 from ..models.tasks import TaskAdapter
 from ..recipe import Recipe
 from .env import cpu_flags, environment, tune_allocator
@@ -65,13 +66,25 @@ class BenchOptions:
 
 def _devices(device: str) -> tuple[torch.device, bool]:
     """(device for quality evaluation, whether to fill the GPU columns)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got '{device}'")
+    if not isinstance(device, str) or device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     use_gpu = has_cuda and device != "cpu"
     return torch.device("cuda" if use_gpu else "cpu"), use_gpu
+
+
+def _output_dirs(output: Any) -> Path:
+    """Make ``output`` and ``output/artifacts``; returns the latter, or ``SaveError``."""
+    if not isinstance(output, (str, os.PathLike)) or not os.fspath(output):
+        raise ConfigError(f"the benchmark output must be a directory path, got {output!r}")
+    art_dir = Path(output) / "artifacts"
+    try:
+        art_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaveError(f"cannot write the benchmark results to {output}: {e.strerror or e}") from e
+    return art_dir
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -84,17 +97,27 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure every method on ``adapter``'s model and data; returns ``{"env", "rows"}``."""
     labels = [m for m, _ in methods]
+    if not labels:
+        raise ConfigError("no methods given")
     if len(set(labels)) != len(labels):
         raise ConfigError(f"method names must be unique, got {', '.join(labels)}")
+    for label in labels:
+        if not isinstance(label, str) or label.strip(".") == "" or any(c in label for c in "/\\\x00"):
+            raise ConfigError(f"method name {label!r} cannot name an artifact directory")
     eval_device, use_gpu = _devices(options.device)
+    if options.threads is not None and (
+        isinstance(options.threads, bool) or not isinstance(options.threads, int) or options.threads < 1
+    ):
+        raise ConfigError(f"--threads must be an integer >= 1, got {options.threads!r}")
     threads = options.threads or torch.get_num_threads()
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    # Where the results go is checked (and made) before any model is loaded or trained: an
+    # unwritable output, or an artifact directory that save() would refuse, fails at once.
+    art_dir = _output_dirs(options.output)
+    for label in labels:
+        check_save_target(art_dir / label)
     torch.set_num_threads(threads)
     allocator = tune_allocator() if options.tune_allocator else "system default"
     out = Path(options.output)
-    art_dir = out / "artifacts"
-    art_dir.mkdir(parents=True, exist_ok=True)
 
     t_start = time.perf_counter()
     original = adapter.load_original(progress=options.progress)

@@ -10,6 +10,8 @@ Two kinds of base model:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = [
     "apply_structure",
     "build_base",
     "check_config",
+    "check_config_keys",
     "describe_base",
     "describe_structure",
     "hub_offline",
@@ -231,6 +234,7 @@ def _build_base(entry: dict[str, Any], *, meta: bool, max_modules: int | None) -
                 config_class = cls.config_class
                 assert config_class is not None
                 _check_config_types(config_class, raw, name)
+                check_config_keys(config_class, raw)
                 config = config_class.from_dict(dict(raw))
             except ArtifactError:
                 raise
@@ -294,6 +298,171 @@ def _check_config_types(config_class: type, raw: dict[str, Any], name: str) -> N
                 f"manifest gives {name}'s config {key}={value!r}, not of the type of its default "
                 f"{defaults[key]!r}"
             )
+
+
+# -- an allow-list of config keys per class ---------------------------------------------------
+#
+# A transformers config takes any key (``from_dict`` sets each as an attribute), and model code
+# may read any attribute. The keys a class knows are those of its defaults (and its fields),
+# plus those ``PretrainedConfig`` itself reads; a key outside that set is accepted only with a
+# JSON scalar value that names nothing (a number, a bool, null, a string without '/' or ':'),
+# so that an unknown key cannot carry a list, an object, or a hub id / path for code to act on.
+
+#: keys ``PretrainedConfig`` reads besides its current defaults' keys: those of its earlier
+#: versions (configs written with transformers 4 carry them all), legacy names it converts, and
+#: the generation parameters it drops
+_PRETRAINED_CONFIG_KEYS = frozenset(
+    {
+        "_attn_implementation",
+        "_attn_implementation_internal",
+        "_commit_hash",
+        "_experts_implementation",
+        "_experts_implementation_internal",
+        "_name_or_path",
+        "add_cross_attention",
+        "architectures",
+        "attn_implementation",
+        "bad_words_ids",
+        "begin_suppress_tokens",
+        "bos_token_id",
+        "chunk_size_feed_forward",
+        "cross_attention_hidden_size",
+        "decoder_start_token_id",
+        "diversity_penalty",
+        "do_sample",
+        "dtype",
+        "early_stopping",
+        "encoder_no_repeat_ngram_size",
+        "eos_token_id",
+        "experts_implementation",
+        "exponential_decay_length_penalty",
+        "finetuning_task",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "gradient_checkpointing",
+        "id2label",
+        "is_decoder",
+        "is_encoder_decoder",
+        "label2id",
+        "length_penalty",
+        "max_length",
+        "min_length",
+        "model_type",
+        "name_or_path",
+        "no_repeat_ngram_size",
+        "num_beam_groups",
+        "num_beams",
+        "num_labels",
+        "num_return_sequences",
+        "output_attentions",
+        "output_hidden_states",
+        "output_scores",
+        "pad_token_id",
+        "partial_rotary_factor",
+        "per_layer_config",
+        "prefix",
+        "problem_type",
+        "pruned_heads",
+        "remove_invalid_values",
+        "repetition_penalty",
+        "return_dict",
+        "return_dict_in_generate",
+        "rope_scaling",
+        "rope_theta",
+        "sep_token_id",
+        "suppress_tokens",
+        "task_specific_params",
+        "temperature",
+        "tf_legacy_loss",
+        "tie_encoder_decoder",
+        "tie_word_embeddings",
+        "tokenizer_class",
+        "top_k",
+        "top_p",
+        "torch_dtype",
+        "torchscript",
+        "transformers_version",
+        "typical_p",
+        "use_bfloat16",
+    }
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _known_config_keys(config_class: type) -> frozenset[str] | None:
+    """The keys ``config_class`` knows: those of its defaults (``config_class().to_dict()``),
+    its dataclass fields (transformers 5) and ``PretrainedConfig``'s own; ``None`` where the
+    class cannot build its defaults (nothing to compare with)."""
+    try:
+        from transformers import PretrainedConfig
+
+        keys = set(config_class().to_dict()) | set(PretrainedConfig().to_dict())
+    except Exception:
+        return None
+    if dataclasses.is_dataclass(config_class):
+        keys |= {f.name for f in dataclasses.fields(config_class)}
+    keys |= set(getattr(config_class, "attribute_map", None) or {})  # aliases (n_layer ...)
+    return frozenset(keys | _PRETRAINED_CONFIG_KEYS)
+
+
+def _sub_config_class(config_class: type, key: str, value: dict[str, Any]) -> type | None:
+    """The config class of the sub-config ``config_class`` holds under ``key`` (``text_config``,
+    ``backbone_config`` ...), resolved through ``model_type`` where the class names
+    ``AutoConfig``; ``None`` if ``key`` is no sub-config or its class is unknown."""
+    try:
+        from transformers import CONFIG_MAPPING, PretrainedConfig
+
+        subs = getattr(config_class, "sub_configs", None) or {}
+        if key not in subs:
+            return None
+        sub = subs[key]
+        if not (isinstance(sub, type) and issubclass(sub, PretrainedConfig)):
+            model_type = value.get("model_type")
+            sub = CONFIG_MAPPING[model_type] if isinstance(model_type, str) else None
+    except Exception:  # a model type transformers does not know: ``from_dict`` refuses it
+        return None
+    return sub if isinstance(sub, type) else None
+
+
+def _unnamed_scalar(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, str) and "/" not in value and ":" not in value
+
+
+def _holds(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return f"the string {value[:80]!r}, which looks like a hub id or a path"
+    return f"a {type(value).__name__}"
+
+
+def check_config_keys(config_class: type, raw: dict[str, Any], where: str = "", _depth: int = 0) -> None:
+    """Refuse (``ArtifactError``) a config key that ``config_class`` does not know (see
+    ``_known_config_keys``) unless its value is a JSON scalar naming nothing: a number, a bool,
+    null, or a string without '/' or ':'. Sub-configs (``text_config`` ...) are checked
+    against their own class."""
+    if _depth > 32:
+        raise ArtifactError(f"manifest config {where.rstrip('.')} is nested more than 32 levels deep")
+    known = _known_config_keys(config_class)
+    if known is None:
+        return
+    for key, value in raw.items():
+        path = f"{where}{key}"
+        if key not in known:
+            if not _unnamed_scalar(value):
+                raise ArtifactError(
+                    f"manifest config key '{path}' is not a {config_class.__name__} field and holds "
+                    f"{_holds(value)}; refused"
+                )
+            continue
+        if isinstance(value, dict):
+            sub = _sub_config_class(config_class, key, value)
+            if sub is not None:
+                check_config_keys(sub, value, f"{path}.", _depth + 1)
 
 
 def _first_line(e: BaseException) -> str:

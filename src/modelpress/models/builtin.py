@@ -17,7 +17,7 @@ from ..registry import Registry
 from .causal_lm import CausalLMTask
 from .classification import TextClassificationTask
 from .sources import local_source, minilm_source, read_config, smollm2_source
-from .tasks import TASKS, TaskAdapter
+from .tasks import TASKS, TaskAdapter, check_count
 from .vision import ImageClassificationTask
 
 __all__ = ["BUILTIN_MODELS", "resolve_model"]
@@ -61,6 +61,7 @@ _DEFAULT_TASK = {
 
 def _infer_task(config: dict) -> str | None:
     archs = config.get("architectures") or []
+    archs = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
     if any(a.endswith("ForCausalLM") for a in archs):
         return "causal-lm"
     if any(a.endswith(("ForSequenceClassification", "Model")) for a in archs):
@@ -77,6 +78,10 @@ def resolve_model(
     eval_tokens: int | None = None,
 ) -> TaskAdapter:
     """A task adapter for a built-in name, a local HF directory or a hub id."""
+    if seq_len is not None:
+        check_count(seq_len, "--seq-len")
+    if eval_tokens is not None:
+        check_count(eval_tokens, "--eval-tokens")
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task '{task}' (known: {', '.join(TASKS.names())})")
     if model in BUILTIN_MODELS:

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .cache import cache_key, cached_dir
-from .sources import ModelSource
-from .tasks import TASKS, Evaluation, TaskAdapter, model_device
+from .sources import ModelSource, reading
+from .tasks import TASKS, Evaluation, TaskAdapter, check_count, model_device
+from .text import check_chat_templates
 
 __all__ = ["CausalLMTask"]
 
@@ -36,13 +37,18 @@ def dequantize_gguf(source: ModelSource, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantizing %s to float32 (one-time, cached)", source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    with reading(f"{source.gguf_file} in {source.path}"):
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, gguf_file=source.gguf_file, dtype=torch.float32
+        )
+    check_chat_templates(tokenizer, f"the tokenizer of {source.gguf_file}")
     # The weights are plain float32 now; drop the GGUF quantizer so the model saves normally.
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
 
 
 @TASKS.register("causal-lm")
@@ -62,6 +68,10 @@ class CausalLMTask(TaskAdapter):
         seq_len: int = 128,
         eval_batch_size: int = 4,
     ) -> None:
+        check_count(seq_len, "--seq-len")
+        check_count(window, "the evaluation window", 2)
+        check_count(eval_tokens, f"--eval-tokens (at least one window of {window} tokens)", window)
+        check_count(eval_batch_size, "the evaluation batch size")
         self.source = source
         self.text = text
         self.text_name = text_name
@@ -91,13 +101,17 @@ class CausalLMTask(TaskAdapter):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self._dir())
+            path = self._dir()
+            with reading(f"the tokenizer of {path}"):
+                self._tokenizer = AutoTokenizer.from_pretrained(path)
         return self._tokenizer
 
     def load_original(self, *, progress: bool = True) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self._dir(), dtype=torch.float32).eval()
+        path = self._dir()
+        with reading(f"the model at {path}"):
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     # -- data ---------------------------------------------------------------------------
     @property
@@ -147,6 +161,11 @@ class CausalLMTask(TaskAdapter):
 
     def example_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:
         t = self.tokens
+        if batch_size * self.seq_len > len(t):
+            raise DataError(
+                f"{self.text_name}: {len(t)} tokens is too little text for {batch_size} examples of "
+                f"--seq-len {self.seq_len} tokens"
+            )
         rows = [t[i * self.seq_len : (i + 1) * self.seq_len] for i in range(batch_size)]
         ids = torch.stack(rows)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

@@ -20,12 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datasets import TextSplits
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..training.loop import TrainConfig, fit
 from .cache import cache_key, cached_dir
-from .sources import ModelSource, read_config
-from .tasks import TASKS, Evaluation, TaskAdapter, model_device
-from .text import bucketed_batches, to_device
+from .sources import ModelSource, read_config, reading
+from .tasks import TASKS, Evaluation, TaskAdapter, check_count, model_device
+from .text import bucketed_batches, check_chat_templates, to_device
 
 __all__ = ["TextClassificationTask"]
 
@@ -63,6 +63,14 @@ class TextClassificationTask(TaskAdapter):
     ) -> None:
         if splits.train.labels is None or splits.train.label_names is None:
             raise DataError("text classification needs labelled data")
+        check_count(seq_len, "--seq-len")
+        check_count(eval_batch_size, "the evaluation batch size")
+        max_positions = read_config(source).get("max_position_embeddings")
+        if isinstance(max_positions, int) and not isinstance(max_positions, bool) and seq_len > max_positions:
+            raise ConfigError(
+                f"--seq-len {seq_len} is more than {source.name} takes (max_position_embeddings "
+                f"{max_positions})"
+            )
         self.source = source
         self.splits = splits
         self.training = training or ClassifierTraining()
@@ -78,7 +86,8 @@ class TextClassificationTask(TaskAdapter):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source.path)
+            with reading(f"the tokenizer of {self.source.path}"):
+                self._tokenizer = AutoTokenizer.from_pretrained(self.source.path)
         return self._tokenizer
 
     def _has_trained_head(self) -> bool:
@@ -105,13 +114,15 @@ class TextClassificationTask(TaskAdapter):
             log.info(
                 "%s already has a %d-label head; using it as the original", self.source.path, self.num_labels
             )
-            return AutoModelForSequenceClassification.from_pretrained(self.source.path).eval()
+            with reading(f"the model at {self.source.path}"):
+                return AutoModelForSequenceClassification.from_pretrained(self.source.path).eval()
         key = cache_key(self.cache_parts())
         path = cached_dir("classifiers", key, lambda tmp: self._train_original(tmp, progress=progress))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
         from transformers import AutoTokenizer
 
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+        with reading(f"the trained original classifier at {path}"):
+            model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+            self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         return model
 
     def _train_original(self, out: Path, *, progress: bool) -> None:
@@ -119,12 +130,14 @@ class TextClassificationTask(TaskAdapter):
 
         names = self.splits.train.label_names or ()
         torch.manual_seed(self.training.train.seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self.source.path,
-            num_labels=self.num_labels,
-            id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)},
-        )
+        with reading(f"the model at {self.source.path}"):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.source.path,
+                num_labels=self.num_labels,
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+            )
+        check_chat_templates(self.tokenizer, f"the tokenizer of {self.source.path}")  # saved after training
         log.info(
             "training the original %s classifier on %d examples", self.source.name, len(self.splits.train)
         )

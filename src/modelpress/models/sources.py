@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..data.datasets import package_dir
-from ..errors import DataError
+from ..errors import DataError, ModelpressError
 
-__all__ = ["ModelSource", "local_source", "minilm_source", "smollm2_source"]
+__all__ = ["ModelSource", "local_source", "minilm_source", "reading", "smollm2_source"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +76,29 @@ def local_source(path: str) -> ModelSource:
 
 def read_config(source: ModelSource) -> dict:
     if source.is_local and (Path(source.path) / "config.json").is_file():
+        path = Path(source.path) / "config.json"
         try:
-            return json.loads((Path(source.path) / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source.path}/config.json is not valid JSON: {e}") from None
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path} is not valid JSON: {e}") from None
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        if not isinstance(config, dict):
+            raise DataError(f"{path} is not a JSON object (a model config)")
+        return config
     return {}
+
+
+@contextlib.contextmanager
+def reading(what: str) -> Iterator[None]:
+    """Turn whatever transformers raises for a model or tokenizer it cannot read (files
+    missing or corrupt, an unknown model type, a backend not installed, a hub id without a
+    network ...) into one ``DataError`` naming ``what``; wraps reading only, never training."""
+    try:
+        yield
+    except ModelpressError:
+        raise
+    except Exception as e:
+        text = str(e).strip()
+        first = (text.splitlines()[0] if text else type(e).__name__)[:300]
+        raise DataError(f"cannot load {what}: {first}") from e

@@ -15,9 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["TASKS", "Evaluation", "TaskAdapter", "model_device"]
+__all__ = ["TASKS", "Evaluation", "TaskAdapter", "check_count", "model_device"]
+
+
+def check_count(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as a count of at least ``minimum`` (a token count, a batch size ...), or one
+    ``ConfigError`` naming ``what``: zero, negative and non-integer values are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -4,10 +4,46 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["bucketed_batches", "to_device"]
+from ..errors import ConfigError
+
+__all__ = ["bucketed_batches", "check_chat_templates", "to_device"]
+
+
+def check_chat_templates(tokenizer: Any, what: str = "the tokenizer") -> None:
+    """Refuse (``ConfigError``), before anything is written, a tokenizer that
+    ``save_pretrained`` would write outside its directory or fail to write: a Hugging Face
+    tokenizer may hold several named chat templates (``{"default": ..., "tool_use": ...}``),
+    each saved as ``additional_chat_templates/<name>.jinja``, so every name must be a plain
+    file name (not empty, no '/' or '\\', no '..', no NUL) and every template text."""
+    templates = getattr(tokenizer, "chat_template", None)
+    if templates is None or isinstance(templates, str):
+        return
+    if not isinstance(templates, dict):
+        raise ConfigError(
+            f"{what} holds a chat template of type {type(templates).__name__}, not text or named texts; "
+            "refusing to save it"
+        )
+    for name, template in templates.items():
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or any(c in name for c in ("/", "\\", "\x00"))
+            or ".." in name
+        ):
+            raise ConfigError(
+                f"{what} names a chat template {name!r}: each is saved as additional_chat_templates/"
+                "<name>.jinja, so a name must be a plain file name (not empty, no '/', '\\', '..' or NUL); "
+                "refusing before anything is written"
+            )
+        if not isinstance(template, str):
+            raise ConfigError(
+                f"{what} holds the chat template {name!r} as a {type(template).__name__}, not text; "
+                "refusing before anything is written"
+            )
 
 
 def bucketed_batches(

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data.images import ImageSplits
+from ..errors import ConfigError
 from ..training.loop import TrainConfig, fit
 from .cache import cache_key, cached_dir
 from .lenet import LeNet5, LeNet300100
@@ -52,7 +53,7 @@ class ImageClassificationTask(TaskAdapter):
 
     def __init__(self, arch: str, splits: ImageSplits, *, training: ImageTraining | None = None) -> None:
         if arch not in ARCHS:
-            raise ValueError(f"unknown image architecture '{arch}' (known: {', '.join(ARCHS)})")
+            raise ConfigError(f"unknown image architecture '{arch}' (known: {', '.join(ARCHS)})")
         self.arch = arch
         self.splits = splits
         self.training = training or ImageTraining()
