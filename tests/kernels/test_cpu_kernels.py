@@ -153,3 +153,20 @@ def test_moving_a_format_drops_the_prepared_copies_and_the_choice():
     assert any(k[0] == "_chosen" for k in fmt.__dict__["_kernel_state"])
     fmt.to(torch.float32)  # .to() -> invalidate
     assert not fmt.__dict__.get("_kernel_state")
+
+
+@pytest.mark.parametrize(
+    "op, name, fmt",
+    [
+        ("linear", "fbgemm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        ("linear", "int4pack_bf16", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        ("linear", "int8pack_bf16", AffineQuantized.encode(_w(32, 64), 8)),
+        ("linear_a8", "fbgemm", AffineQuantized.encode(_w(32, 64), 8)),
+    ],
+)
+def test_kernels_take_inputs_with_leading_dims(op, name, fmt):
+    x = torch.randn(2, 5, 64)
+    out = _pinned(op, name, x, fmt, torch.randn(32))
+    assert out.shape == (2, 5, 32)
+    flat = _pinned(op, name, x.reshape(10, 64), fmt, None)
+    assert _rel(out.reshape(10, 32) - (out.reshape(10, 32) - flat), flat) < 1e-6

@@ -94,7 +94,21 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             f"the other on an otherwise idle CPU, by: `{env['retimed_by']}`",
             "",
         ]
-    out += [*header_lines(env), ""]
+    out += [*header_lines(env)]
+    spreads = sorted(r["latency_round_spread"] for r in rows if r.get("latency_round_spread") is not None)
+    if env.get("timing") and spreads:
+        loads = [f"{x:.2f}" for x in env.get("load_average") or [] if x is not None]
+        mid = spreads[len(spreads) // 2]
+        out.append(
+            f"- Timing: {env['timing']}; spread between rounds: median {100 * mid:.0f} %, "
+            f"max {100 * spreads[-1]:.0f} %" + (f"; load average {' -> '.join(loads)}" if loads else "")
+        )
+    if env.get("busy"):
+        out.append(
+            "- **The machine was busy during timing** (load average above the threads used, or rounds "
+            "disagreeing by more than 25 %): the speed ratios in this table are noisy"
+        )
+    out.append("")
     out.append("| " + " | ".join(COLUMNS) + " |")
     out.append("|" + "|".join("---" for _ in COLUMNS) + "|")
     out += ["| " + " | ".join(format_row(r)) + " |" for r in rows]

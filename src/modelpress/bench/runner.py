@@ -4,6 +4,12 @@ For every method: compress the original, ``save`` it, ``load`` it back, and meas
 *loaded* artifact (what a user deploys): bytes on disk, task quality and agreement with the
 original, CPU latency (batch 1) and throughput (batch 32), GPU latency when CUDA is
 present, and the peak memory of a fresh process that loads and runs it.
+
+CPU timing runs after every row is built, round-robin: each round times every row once
+(a short burst at batch 1, then one at batch 32), so slow drifts of the machine (other
+work, thermal or frequency changes) hit every row alike and the ratios in a table come
+from the same conditions. A row's latency is the median over its rounds; the report gives
+the spread between rounds and says when the machine was too busy for ratios to mean much.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .. import kernels
 from ..api import artifact_bytes, check_save_target, compress, compression_notes, load, save
 from ..errors import ConfigError, SaveError
 from ..models.tasks import TaskAdapter
 from ..recipe import Recipe
 from .env import cpu_flags, environment, tune_allocator
-from .measure import measure_memory, time_model
+from .measure import Timing, measure_memory, time_model
 
 __all__ = ["ROW_KEYS", "BenchOptions", "run_bench"]
 
@@ -62,6 +69,7 @@ class BenchOptions:
     measure_memory: bool = True
     keep_artifacts: bool = True
     tune_allocator: bool = True  # see bench.env.tune_allocator
+    rounds: int = 4  # round-robin timing rounds (every row timed once per round)
 
 
 def _devices(device: str) -> tuple[torch.device, bool]:
@@ -160,8 +168,6 @@ def run_bench(
             progress=options.progress,
         )
         model.to("cpu")
-        lat = time_model(model, inputs1, "cpu")
-        thr = time_model(model, inputs32, "cpu", min_runs=5, max_seconds=20.0, warmup=1)
         gpu_lat = None
         if use_gpu:
             gpu_lat = time_model(model.to("cuda"), inputs1, "cuda").p50_ms
@@ -178,9 +184,9 @@ def run_bench(
                 "size_bytes": size,
                 "params": params,
                 "bits_per_weight": 8 * size / params,
-                "cpu_latency_ms_p50": lat.p50_ms,
-                "cpu_latency_ms_p95": lat.p95_ms,
-                "cpu_throughput": 32 / (thr.p50_ms / 1e3),
+                "cpu_latency_ms_p50": None,  # timed below, round-robin
+                "cpu_latency_ms_p95": None,
+                "cpu_throughput": None,
                 "gpu_latency_ms_p50": gpu_lat,
                 "peak_rss_mb": mem.get("peak_rss_mb"),
                 "peak_vram_mb": vram,
@@ -193,17 +199,82 @@ def run_bench(
                 "compress_seconds": compress_s,
                 "method_warnings": method_notes,
                 "eval_seconds": ev.seconds,
-                "latency_runs": lat.runs,
-                "throughput_runs": thr.runs,
             }
         )
         del model
         gc.collect()
-        if not options.keep_artifacts:
-            shutil.rmtree(path, ignore_errors=True)
+    _time_rows(rows, [art_dir / r["method"] for r in rows], inputs1, inputs32, options, threads, env)
+    if not options.keep_artifacts:
+        for r in rows:
+            shutil.rmtree(art_dir / r["method"], ignore_errors=True)
     _add_notes(rows)
     env["total_seconds"] = time.perf_counter() - t_start
     return {"env": env, "rows": rows}
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def _time_rows(
+    rows: list[dict[str, Any]],
+    paths: list[Path],
+    inputs1: dict[str, torch.Tensor],
+    inputs32: dict[str, torch.Tensor],
+    options: BenchOptions,
+    threads: int,
+    env: dict[str, Any],
+) -> None:
+    """CPU latency and throughput of every row, round-robin over ``options.rounds``."""
+    rounds = max(1, int(options.rounds))
+    models = []
+    for path in paths:
+        m = load(path).to("cpu")
+        time_model(m, inputs1, "cpu", warmup=2, min_runs=1, min_seconds=0.0)  # kernels chosen here
+        models.append(m)
+    load_before = _load_average()
+    lat: list[list[float]] = [[] for _ in rows]
+    thr: list[list[float]] = [[] for _ in rows]
+    per_round: list[list[float]] = [[] for _ in rows]
+    bar = tqdm(range(rounds), desc="timing (round-robin)", disable=not options.progress, unit="round")
+    for _ in bar:
+        for i, m in enumerate(models):
+            t1 = time_model(m, inputs1, "cpu", warmup=1, min_runs=5, min_seconds=0.4, max_seconds=4.0)
+            lat[i] += t1.times_s
+            per_round[i].append(t1.p50_ms)
+            t32 = time_model(m, inputs32, "cpu", warmup=1, min_runs=2, min_seconds=0.0, max_seconds=6.0)
+            thr[i] += t32.times_s
+    load_after = _load_average()
+    for i, r in enumerate(rows):
+        t1, t32 = Timing(tuple(lat[i])), Timing(tuple(thr[i]))
+        r["cpu_latency_ms_p50"] = float(torch.tensor(per_round[i]).median())
+        r["cpu_latency_ms_p95"] = t1.p95_ms
+        r["cpu_throughput"] = 32 / (t32.p50_ms / 1e3)
+        r["latency_runs"], r["throughput_runs"] = t1.runs, t32.runs
+        r["latency_rounds_ms"] = [round(v, 3) for v in per_round[i]]
+        r["latency_round_spread"] = (max(per_round[i]) - min(per_round[i])) / r["cpu_latency_ms_p50"]
+        r["kernels"] = _kernel_summary(models[i])
+    env["timing"] = f"round-robin, {rounds} rounds; latency = median of the rounds' medians"
+    env["load_average"] = [load_before, load_after]
+    busy = [x for x in (load_before, load_after) if x is not None and x > threads + 0.75]
+    spreads = sorted(r["latency_round_spread"] for r in rows)
+    env["busy"] = bool(busy) or (bool(spreads) and spreads[len(spreads) // 2] > 0.25)
+    del models
+    gc.collect()
+
+
+def _kernel_summary(model: torch.nn.Module) -> str:
+    """Which kernels the row's compressed layers ran (op: kernel xN), '' for a plain model."""
+    used = kernels.used(model)
+    parts = []
+    for op, names in sorted(used.items()):
+        parts.append(
+            op + ": " + ", ".join(f"{n} x{c}" for n, c in sorted(names.items(), key=lambda kv: -kv[1]))
+        )
+    return "; ".join(parts)
 
 
 def _add_notes(rows: list[dict[str, Any]]) -> None:
@@ -218,12 +289,16 @@ def _add_notes(rows: list[dict[str, Any]]) -> None:
             if ratio >= 1.05:
                 notes.append(f"{ratio:.2f}x faster than fp32 on CPU at batch 1")
             elif ratio <= 0.95:
+                notes.append(f"slower here: {ratio:.2f}x fp32's speed at batch 1 on this CPU")
                 why = ""
                 dtypes = {str(m.get("dtype")) for m in r["recipe"] if m.get("method") == "cast"}
                 if "float16" in dtypes and not flags & {"avx512_fp16", "amx_fp16"}:
                     why = " (this CPU has no native float16 matmul: no avx512_fp16 / amx_fp16)"
                 elif "bfloat16" in dtypes and not flags & {"avx512_bf16", "amx_bf16"}:
                     why = " (this CPU has no native bfloat16 matmul: no avx512_bf16 / amx_bf16)"
-                notes.append(f"{1 / ratio:.2f}x slower than fp32 on CPU at batch 1{why}")
+                if why:
+                    notes.append(why.strip(" ()"))
+        if r.get("kernels"):
+            notes.append(f"kernels: {r['kernels']}")
         notes += r.get("method_warnings") or []
         r["notes"] = notes

@@ -51,7 +51,16 @@ def _has_op(namespace: str, name: str) -> bool:
 
 
 def _cpu_rows(fmt: CompressedTensor, x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0 and fmt.device.type == "cpu"
+    return x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0 and fmt.device.type == "cpu"
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(rows, features)`` (the linear ops accept any leading dims)."""
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+
+
+def _unflat(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _plain_int8(fmt: CompressedTensor) -> bool:
@@ -88,13 +97,26 @@ def _fbgemm_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
 _REDUCE_RANGE = not has_vnni()
 
 
+def _dynamic_rows(x: torch.Tensor, packed: Any) -> torch.Tensor:
+    """fbgemm's dynamic linear with per-row (per-token) activation ranges: fbgemm quantizes
+    its whole input with one range, so each row is first scaled to max |x| = 1 and its
+    output scaled back (exact algebra, ``W (x / s) s``). One outlier token then costs
+    only its own row's precision, as with ``int_mm``'s per-token quantization: on MiniLM's
+    FFN inputs with 7-bit activations (CPUs without VNNI) this took the error against the
+    reference from 7.7 % to under 5 %."""
+    x = x.float()
+    s = x.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12)
+    y = torch.ops.quantized.linear_dynamic((x / s).contiguous(), packed, _REDUCE_RANGE)
+    return y.mul_(s)
+
+
 def _fbgemm_linear(
     packed: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, _REDUCE_RANGE)
+    y = _dynamic_rows(_rows(x), packed)
     if bias is not None:
         y.add_(bias)
-    return y
+    return _unflat(y, x)
 
 
 # -- weight-only int8 / int4 with bf16 activations ----------------------------------------
@@ -115,10 +137,10 @@ def _int8pack_linear(
     scales: torch.Tensor, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     assert isinstance(fmt, AffineQuantized)
-    y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), fmt.qdata, scales).to(x.dtype)
+    y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(torch.bfloat16), fmt.qdata, scales).to(x.dtype)
     if bias is not None:
         y.add_(bias.to(x.dtype))
-    return y
+    return _unflat(y, x)
 
 
 _INT4_GROUPS = (32, 64, 128, 256)
@@ -155,11 +177,12 @@ def _int4pack_linear(
 ) -> torch.Tensor:
     assert isinstance(fmt, AffineQuantized) and fmt.group_size is not None
     packed, sz, in_scale = state
-    xb = (x.float() / in_scale if in_scale is not None else x).to(torch.bfloat16)
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, fmt.group_size, sz).to(x.dtype)
+    x2 = _rows(x)
+    xb = (x2.float() / in_scale if in_scale is not None else x2).to(torch.bfloat16)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb.contiguous(), packed, fmt.group_size, sz).to(x.dtype)
     if bias is not None:
         y.add_(bias.to(x.dtype))
-    return y
+    return _unflat(y, x)
 
 
 def _requant_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
@@ -182,10 +205,10 @@ def _requant_prepare(fmt: CompressedTensor) -> Any:
 def _requant_linear(
     packed: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, _REDUCE_RANGE)
+    y = _dynamic_rows(_rows(x), packed)
     if bias is not None:
         y.add_(bias.float())
-    return y.to(x.dtype)
+    return _unflat(y.to(x.dtype), x)
 
 
 if _has_op("quantized", "linear_dynamic") and _has_op("quantized", "linear_prepack"):
