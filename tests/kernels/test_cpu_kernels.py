@@ -109,15 +109,27 @@ def test_int8pack_is_not_offered_where_torch_reads_out_of_bounds(cols):
 
 @pytest.mark.parametrize("rows, cols", [(7, 40), (13, 25), (384, 1536)])
 @pytest.mark.parametrize("n", [1, 3, 65])
-def test_fbgemm_agrees_with_the_reference(rows, cols, n):
+@pytest.mark.parametrize("name", ["fbgemm", "fbgemm_rows"])
+def test_fbgemm_agrees_with_the_reference(rows, cols, n, name):
     fmt = AffineQuantized.encode(_w(rows, cols), 8)
     x, bias = _x(n, cols), torch.randn(rows) * 0.1
-    out = _pinned("linear_a8", "fbgemm", x, fmt, bias)
+    out = _pinned("linear_a8", name, x, fmt, bias)
     ref = F.linear(x, fmt.decode(), bias)
     assert out.dtype == torch.float32 and out.shape == (n, rows)
-    assert _rel(out, ref) < 0.03  # per-tensor uint8 activations
+    assert _rel(out, ref) < 0.03  # uint8 activations
     # and without a bias
-    assert _rel(_pinned("linear_a8", "fbgemm", x, fmt), F.linear(x, fmt.decode())) < 0.03
+    assert _rel(_pinned("linear_a8", name, x, fmt), F.linear(x, fmt.decode())) < 0.03
+
+
+def test_per_row_ranges_keep_an_outlier_token_from_costing_the_others():
+    fmt = AffineQuantized.encode(_w(64, 128), 8)
+    x = _x(16, 128)
+    x[3] *= 200.0  # one token with huge activations
+    ref = F.linear(x, fmt.decode())
+    keep = [i for i in range(16) if i != 3]
+    plain = _pinned("linear_a8", "fbgemm", x, fmt)
+    rows = _pinned("linear_a8", "fbgemm_rows", x, fmt)
+    assert _rel(rows[keep], ref[keep]) < 0.02 < _rel(plain[keep], ref[keep])
 
 
 def test_fbgemm_takes_half_precision_inputs():
@@ -159,6 +171,12 @@ def test_moving_a_format_drops_the_prepared_copies_and_the_choice():
     "op, name, fmt",
     [
         ("linear", "fbgemm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        (
+            "linear",
+            "fbgemm_requant_rows",
+            AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32),
+        ),
+        ("linear_a8", "fbgemm_rows", AffineQuantized.encode(_w(32, 64), 8)),
         ("linear", "int4pack_bf16", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
         ("linear", "int8pack_bf16", AffineQuantized.encode(_w(32, 64), 8)),
         ("linear_a8", "fbgemm", AffineQuantized.encode(_w(32, 64), 8)),
