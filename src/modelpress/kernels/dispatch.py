@@ -210,7 +210,7 @@ def run(op: str, x: torch.Tensor, fmt: CompressedTensor, **kw: Any) -> torch.Ten
     states: dict[Any, Any] = fmt.__dict__.setdefault("_kernel_state", {})
     key = ("_chosen", op, _rows_bucket(op, x, fmt), x.dtype, x.device, _pins_key())
     k = states.get(key)
-    if k is None or not k.accepts(fmt, x):
+    if k is None:  # (the key fixes what ``supports`` looks at: rows, dtype, device)
         k = states[key] = _select(op, x, fmt, kw)
     y = k.run(_state(k, fmt), x, fmt, **kw)
     if late_bias:
@@ -231,6 +231,8 @@ def _rows_bucket(op: str, x: torch.Tensor, fmt: CompressedTensor) -> int:
         rows = int(x.shape[0]) if x.dim() else 1
     else:
         rows = x.numel() // max(1, int(fmt.shape[-1])) if fmt.shape else x.numel()
+    if rows == 0:
+        return 0
     for b in ROW_BUCKETS:
         if rows <= b:
             return b
