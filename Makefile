@@ -40,6 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
 
-# Peers for benchmarks/kmeans_1d.py (scikit-learn, flash1dkmeans + numba)
+# Peers for benchmarks/kmeans_1d.py (scikit-learn, flash1dkmeans + numba) and
+# benchmarks/cpu_kernels.py (torchao, ONNX Runtime, onnx for the export)
 bench-deps: $(STAMP)
 	$(PIP) install -q -e ".[dev,bench]"

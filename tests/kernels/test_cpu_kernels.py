@@ -188,3 +188,24 @@ def test_kernels_take_inputs_with_leading_dims(op, name, fmt):
     assert out.shape == (2, 5, 32)
     flat = _pinned(op, name, x.reshape(10, 64), fmt, None)
     assert _rel(out.reshape(10, 32) - (out.reshape(10, 32) - flat), flat) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "op, name, fmt",
+    [
+        ("linear", "fbgemm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        ("linear", "int4pack_bf16", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        ("linear", "int8pack_bf16", AffineQuantized.encode(_w(32, 64), 8)),
+        ("linear_a8", "fbgemm", AffineQuantized.encode(_w(32, 64), 8)),
+        ("linear_a8", "fbgemm_rows", AffineQuantized.encode(_w(32, 64), 8)),
+    ],
+)
+def test_kernels_take_strided_inputs(op, name, fmt):
+    """What ``generate`` feeds the LM head: the last position of each sequence, a view
+    whose rows are far apart (it crashed ``_weight_int8pack_mm`` before it was copied)."""
+    h = torch.randn(8, 16, 64)
+    x = h[:, -1:, :]
+    assert not x.reshape(-1, 64).is_contiguous()
+    out = _pinned(op, name, x, fmt)
+    ref = F.linear(x, fmt.decode())
+    assert out.shape == (8, 1, 32) and _rel(out, ref) < 0.03

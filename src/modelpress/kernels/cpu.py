@@ -160,14 +160,24 @@ def _int8pack_prepare(fmt: CompressedTensor) -> Any:
 def _int8pack_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
     # torch 2.13's kernel reads out of bounds (wrong results, or a segfault) when the input
     # width is not a multiple of its vector width: measured on 24/25/40 columns
-    return _plain_int8(fmt) and _cpu_rows(fmt, x) and x.is_floating_point() and int(fmt.shape[1]) % 32 == 0
+    return (
+        _plain_int8(fmt)
+        and _cpu_rows(fmt, x)
+        and x.is_floating_point()
+        and int(fmt.shape[1]) % 32 == 0
+        and fmt.qdata.is_contiguous()
+    )
 
 
 def _int8pack_linear(
     scales: torch.Tensor, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     assert isinstance(fmt, AffineQuantized)
-    y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(torch.bfloat16), fmt.qdata, scales).to(x.dtype)
+    # contiguous: ``.to()`` keeps a view's strides, and the kernel reads rows as dense
+    # (a strided input, e.g. the last position that ``generate`` feeds the LM head,
+    # crashed it)
+    xb = _rows(x).to(torch.bfloat16).contiguous()
+    y = torch.ops.aten._weight_int8pack_mm(xb, fmt.qdata, scales).to(x.dtype)
     if bias is not None:
         y.add_(bias.to(x.dtype))
     return _unflat(y, x)
