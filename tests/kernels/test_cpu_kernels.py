@@ -209,3 +209,19 @@ def test_kernels_take_strided_inputs(op, name, fmt):
     out = _pinned(op, name, x, fmt)
     ref = F.linear(x, fmt.decode())
     assert out.shape == (8, 1, 32) and _rel(out, ref) < 0.03
+
+
+def test_int8pack_takes_a_misaligned_weight():
+    """A weight mmapped from a safetensors file sits at the file's offset (here 24 bytes
+    past a 64-byte boundary); torch's kernel uses aligned loads and faulted on it."""
+    w = _w(64, 576)
+    ref_fmt = AffineQuantized.encode(w, 8)
+    buf = torch.empty(64 * 576 + 64, dtype=torch.int8)
+    off = (24 - buf.data_ptr()) % 64
+    q = buf[off : off + 64 * 576].view(64, 576)
+    q.copy_(ref_fmt.qdata)
+    assert q.data_ptr() % 64 == 24
+    fmt = AffineQuantized(w.shape, qdata=q, scale=ref_fmt.scale, bits=8)
+    x = _x(128, 576)
+    out = _pinned("linear", "int8pack_bf16", x, fmt)
+    assert _rel(out, F.linear(x, fmt.decode())) < 0.01

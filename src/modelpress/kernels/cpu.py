@@ -152,9 +152,19 @@ def _fbgemm_run(per_row: bool, in_dtype: bool) -> Any:
 # -- weight-only int8 / int4 with bf16 activations ----------------------------------------
 
 
+_ALIGN = 64
+
+
 def _int8pack_prepare(fmt: CompressedTensor) -> Any:
+    """bf16 scales, and the int8 weight itself where it is not 64-byte aligned: the kernel
+    uses aligned vector loads, and a tensor mmapped from a safetensors file sits at
+    whatever offset the file gives it (a general-protection fault, measured on a loaded
+    SmolLM2). The aligned copy costs 1 byte per weight, only for misaligned weights."""
     assert isinstance(fmt, AffineQuantized)
-    return fmt.scale.reshape(-1).to(torch.bfloat16).contiguous()
+    q = fmt.qdata
+    if q.data_ptr() % _ALIGN or not q.is_contiguous():
+        q = q.contiguous().clone()
+    return fmt.scale.reshape(-1).to(torch.bfloat16).contiguous(), q
 
 
 def _int8pack_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
@@ -165,19 +175,18 @@ def _int8pack_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
         and _cpu_rows(fmt, x)
         and x.is_floating_point()
         and int(fmt.shape[1]) % 32 == 0
-        and fmt.qdata.is_contiguous()
     )
 
 
 def _int8pack_linear(
-    scales: torch.Tensor, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+    state: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    assert isinstance(fmt, AffineQuantized)
+    scales, q = state
     # contiguous: ``.to()`` keeps a view's strides, and the kernel reads rows as dense
     # (a strided input, e.g. the last position that ``generate`` feeds the LM head,
     # crashed it)
     xb = _rows(x).to(torch.bfloat16).contiguous()
-    y = torch.ops.aten._weight_int8pack_mm(xb, fmt.qdata, scales).to(x.dtype)
+    y = torch.ops.aten._weight_int8pack_mm(xb, q, scales).to(x.dtype)
     if bias is not None:
         y.add_(bias.to(x.dtype))
     return _unflat(y, x)
