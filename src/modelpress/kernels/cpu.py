@@ -1,6 +1,7 @@
 """CPU kernels from torch's own low-precision ops, chosen per machine by the autotuner.
 
-- ``fbgemm`` (``linear_a8``): fbgemm's dynamic-quantized linear
+- ``fbgemm`` (``linear_a8``): fbgemm's dynamic-quantized linear (per-token accuracy: see
+  ``_dynamic``)
   (``quantized::linear_dynamic`` on a ``quantized::linear_prepack``-ed per-channel int8
   weight). It quantizes activations per tensor (asymmetric uint8) where ``int_mm``
   quantizes per token, and it has AVX2 paths where ``torch._int_mm`` has none: measured
@@ -39,6 +40,7 @@ from ..formats.base import CompressedTensor
 from ..machine import has_vnni
 from ..primitives.quant import qrange
 from .dispatch import Kernel, register_kernel
+from .int8 import _plain_int8 as _int8_per_channel
 
 __all__: list[str] = []
 
@@ -64,14 +66,7 @@ def _unflat(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_int8(fmt: CompressedTensor) -> bool:
-    return (
-        isinstance(fmt, AffineQuantized)
-        and fmt.bits == 8
-        and fmt.symmetric
-        and fmt.group_size is None
-        and fmt.in_scale is None
-        and fmt.qdata.dtype == torch.int8
-    )
+    return _int8_per_channel(fmt) and isinstance(fmt, AffineQuantized) and fmt.qdata.dtype == torch.int8
 
 
 # -- fbgemm dynamic W8A8 -------------------------------------------------------------------
@@ -116,34 +111,39 @@ def _fbgemm_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
 _REDUCE_RANGE = not has_vnni()
 
 
-def _dynamic(x: torch.Tensor, packed: Any, per_row: bool) -> torch.Tensor:
-    """fbgemm's dynamic linear. It quantizes its whole input with one range; ``per_row``
-    first scales each row to max |x| = 1 and the output back (exact algebra,
-    ``W (x / s) s``), so one outlier token costs only its own row's precision, as with
-    ``int_mm``'s per-token quantization. On MiniLM's FFN inputs with 7-bit activations
-    (CPUs without VNNI) that took the error against the reference from 7.7 % to 3.6 %, for
-    30-70 us more per call: the two are separate kernels and the autotuner takes the
-    plain one where it is within tolerance."""
+#: rows whose ranges (max |x|) differ by at most this factor share one quantization range
+ROW_RANGE_RATIO = 2.0
+
+
+def _dynamic(x: torch.Tensor, state: _Packed, bias: torch.Tensor | None) -> torch.Tensor:
+    """fbgemm's dynamic linear, with per-token accuracy. fbgemm quantizes its whole input
+    with one range, so one outlier token would cost every other token its precision (a
+    test layer with one spiky token in 256; MiniLM's FFN inputs with 7-bit activations:
+    7.7 % error against the reference). So the row ranges are measured first: when they
+    are within ``ROW_RANGE_RATIO`` of each other, one range costs any row at most that
+    factor of its own step, and the input goes as it is; otherwise each row is scaled to
+    max |x| = 1 and its output scaled back (exact algebra: ``(W (x/s) + b) s + b (1 - s)``
+    with the bias packed in), as ``int_mm``'s per-token quantization would do."""
     x = x.float()
-    if not per_row:
+    packed = state.get(bias)
+    s = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True)
+    lo, hi = torch.aminmax(s)
+    if float(hi) <= ROW_RANGE_RATIO * float(lo):
         return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, _REDUCE_RANGE)
-    s = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_min_(1e-12)
-    y = torch.ops.quantized.linear_dynamic((x / s).contiguous(), packed, _REDUCE_RANGE)
-    return y.mul_(s)
+    s.clamp_min_(1e-12)
+    y = torch.ops.quantized.linear_dynamic((x / s).contiguous(), packed, _REDUCE_RANGE).mul_(s)
+    if bias is not None:
+        y.add_(bias.float() * (1 - s))
+    return y
 
 
-def _fbgemm_run(per_row: bool, in_dtype: bool) -> Any:
+def _fbgemm_run(in_dtype: bool) -> Any:
     """A run function: float32 out (``linear_a8``) or ``x``'s dtype (``linear``)."""
 
     def run(
         state: _Packed, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if per_row:  # the bias goes after the rows are scaled back
-            y = _dynamic(_rows(x), state.get(None), True)
-            if bias is not None:
-                y.add_(bias.float())
-        else:
-            y = _dynamic(_rows(x), state.get(bias), False)
+        y = _dynamic(_rows(x), state, bias)
         return _unflat(y.to(x.dtype) if in_dtype else y, x)
 
     return run
@@ -170,12 +170,7 @@ def _int8pack_prepare(fmt: CompressedTensor) -> Any:
 def _int8pack_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
     # torch 2.13's kernel reads out of bounds (wrong results, or a segfault) when the input
     # width is not a multiple of its vector width: measured on 24/25/40 columns
-    return (
-        _plain_int8(fmt)
-        and _cpu_rows(fmt, x)
-        and x.is_floating_point()
-        and int(fmt.shape[1]) % 32 == 0
-    )
+    return _plain_int8(fmt) and _cpu_rows(fmt, x) and x.is_floating_point() and int(fmt.shape[1]) % 32 == 0
 
 
 def _int8pack_linear(
@@ -252,31 +247,30 @@ def _requant_prepare(fmt: CompressedTensor) -> Any:
 
 
 if _has_op("quantized", "linear_dynamic") and _has_op("quantized", "linear_prepack"):
-    for _per_row, _suffix, _bonus in ((False, "", 1), (True, "_rows", 0)):
-        register_kernel(
-            Kernel(
-                "fbgemm" + _suffix,
-                "linear_a8",
-                ("affine",),
-                _fbgemm_run(_per_row, in_dtype=False),
-                prepare=_fbgemm_prepare,
-                supports=_fbgemm_ok,
-                priority=10 + _bonus,
-                tolerance=0.05,
-            )
+    register_kernel(
+        Kernel(
+            "fbgemm",
+            "linear_a8",
+            ("affine",),
+            _fbgemm_run(in_dtype=False),
+            prepare=_fbgemm_prepare,
+            supports=_fbgemm_ok,
+            priority=10,
+            tolerance=0.05,
         )
-        register_kernel(
-            Kernel(
-                "fbgemm_requant" + _suffix,
-                "linear",
-                ("*",),
-                _fbgemm_run(_per_row, in_dtype=True),
-                prepare=_requant_prepare,
-                supports=_requant_ok,
-                priority=8 + _bonus,
-                tolerance=0.05,
-            )
+    )
+    register_kernel(
+        Kernel(
+            "fbgemm_requant",
+            "linear",
+            ("*",),
+            _fbgemm_run(in_dtype=True),
+            prepare=_requant_prepare,
+            supports=_requant_ok,
+            priority=8,
+            tolerance=0.05,
         )
+    )
 if _has_op("aten", "_weight_int8pack_mm"):
     register_kernel(
         Kernel(

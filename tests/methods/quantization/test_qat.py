@@ -112,7 +112,9 @@ def test_quantizer_parameters_get_gradients_through_a_layer():
     assert quant.scale.dim() == 1 and quant.offset.dim() == 1  # kept out of weight decay by fit
 
 
-def test_conversion_equals_fake_quant_exactly(tiny_bert):
+def test_conversion_equals_fake_quant_exactly(tiny_bert, monkeypatch):
+    # exactly: the reference kernel (the faster ones round activations: tests/kernels)
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference,embedding=reference")
     cfg = QATConfig(bits=4, group_size=16)
     quantizers = prepare_fake_quant(tiny_bert, cfg)
     _perturb(quantizers)
