@@ -121,7 +121,9 @@ def test_fbgemm_agrees_with_the_reference(rows, cols, n, name):
     assert _rel(_pinned("linear_a8", name, x, fmt), F.linear(x, fmt.decode())) < 0.03
 
 
-@pytest.mark.parametrize("op, name", [("linear_a8", "fbgemm"), ("linear", "fbgemm_requant")])
+@pytest.mark.parametrize(
+    "op, name", [("linear_a8", "fbgemm"), ("linear", "fbgemm_requant"), ("linear", "int_mm_requant")]
+)
 def test_an_outlier_token_does_not_cost_the_others_their_precision(op, name):
     fmt = AffineQuantized.encode(_w(64, 128), 8)
     x = _x(16, 128)
@@ -175,6 +177,7 @@ def test_moving_a_format_drops_the_prepared_copies_and_the_choice():
     "op, name, fmt",
     [
         ("linear", "fbgemm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        ("linear", "int_mm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
         ("linear", "int4pack_bf16", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
         ("linear", "int8pack_bf16", AffineQuantized.encode(_w(32, 64), 8)),
         ("linear_a8", "fbgemm", AffineQuantized.encode(_w(32, 64), 8)),
@@ -192,6 +195,7 @@ def test_kernels_take_inputs_with_leading_dims(op, name, fmt):
     "op, name, fmt",
     [
         ("linear", "fbgemm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
+        ("linear", "int_mm_requant", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
         ("linear", "int4pack_bf16", AffineQuantized.encode(_w(32, 64), 4, symmetric=False, group_size=32)),
         ("linear", "int8pack_bf16", AffineQuantized.encode(_w(32, 64), 8)),
         ("linear_a8", "fbgemm", AffineQuantized.encode(_w(32, 64), 8)),

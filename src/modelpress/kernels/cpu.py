@@ -112,7 +112,7 @@ _REDUCE_RANGE = not has_vnni()
 
 
 #: rows whose ranges (max |x|) differ by at most this factor share one quantization range
-ROW_RANGE_RATIO = 2.0
+ROW_RANGE_RATIO = 8.0
 
 
 def _dynamic(x: torch.Tensor, state: _Packed, bias: torch.Tensor | None) -> torch.Tensor:
@@ -122,8 +122,10 @@ def _dynamic(x: torch.Tensor, state: _Packed, bias: torch.Tensor | None) -> torc
     7.7 % error against the reference). So the row ranges are measured first: when they
     are within ``ROW_RANGE_RATIO`` of each other, one range costs any row at most that
     factor of its own step, and the input goes as it is; otherwise each row is scaled to
-    max |x| = 1 and its output scaled back (exact algebra: ``(W (x/s) + b) s + b (1 - s)``
-    with the bias packed in), as ``int_mm``'s per-token quantization would do."""
+    max |x| = 1 and its output scaled back (exact algebra: ``((W (x/s) + b) - b) s + b``
+    with the bias packed in), as ``int_mm``'s per-token quantization would do. The factor
+    is 8, not 2: on MiniLM most batches have rows 2-8x apart, and scaling them all halved
+    the batch-32 throughput (measured) for no change in accuracy."""
     x = x.float()
     packed = state.get(bias)
     s = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True)
@@ -131,10 +133,11 @@ def _dynamic(x: torch.Tensor, state: _Packed, bias: torch.Tensor | None) -> torc
     if float(hi) <= ROW_RANGE_RATIO * float(lo):
         return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, _REDUCE_RANGE)
     s.clamp_min_(1e-12)
-    y = torch.ops.quantized.linear_dynamic((x / s).contiguous(), packed, _REDUCE_RANGE).mul_(s)
-    if bias is not None:
-        y.add_(bias.float() * (1 - s))
-    return y
+    y = torch.ops.quantized.linear_dynamic((x / s).contiguous(), packed, _REDUCE_RANGE)
+    if bias is None:
+        return y.mul_(s)
+    b = bias.float()
+    return y.sub_(b).mul_(s).add_(b)
 
 
 def _fbgemm_run(in_dtype: bool) -> Any:

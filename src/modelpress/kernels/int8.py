@@ -106,3 +106,41 @@ register_kernel(
     )
 )
 register_kernel(Kernel("int8_gather", "embedding", ("affine",), _embedding, supports=_gather_ok))
+
+
+# -- any weight-only format, re-quantized to per-row int8, through int_mm -------------------
+
+
+def _requant_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    if len(fmt.shape) != 2 or not x.is_floating_point() or x.dim() < 2:
+        return False
+    rows = x.numel() // max(1, int(fmt.shape[1]))
+    return rows > 0 and int_mm_available(rows, int(fmt.shape[1]), int(fmt.shape[0]), x.device)
+
+
+def _requant(fmt: CompressedTensor) -> AffineQuantized:
+    """The weight decoded once and re-quantized to symmetric per-row int8 (a rounding far
+    below the format's own); the stored artifact is unchanged."""
+    return AffineQuantized.encode(fmt.decode(torch.float32), 8)
+
+
+def _linear_requant(
+    q: AffineQuantized, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    y = _linear_a8(None, x2, q, None if bias is None else bias.float())
+    y = y.to(x.dtype)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+register_kernel(
+    Kernel(
+        "int_mm_requant",
+        "linear",
+        ("*",),
+        _linear_requant,
+        prepare=_requant,
+        supports=_requant_ok,
+        tolerance=0.05,
+    )
+)
