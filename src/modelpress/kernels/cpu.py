@@ -85,20 +85,23 @@ def _fbgemm_prepare(fmt: CompressedTensor) -> Any:
 
 class _Packed:
     """fbgemm's packed weight, with the layer's bias packed in (fbgemm adds it inside the
-    GEMM's output pass: a separate ``add_`` cost ~20 us per call on MiniLM shapes). One
-    packing is kept, rebuilt if the bias tensor changes (its version counter)."""
+    GEMM's output pass: a separate ``add_`` cost ~20 us per call on MiniLM shapes). Only
+    the packing is kept (not the int8 tensor it was made from, which would double the
+    weight's memory); it is packed at the first call, when the bias is known, and
+    unpacked and packed again only if the bias tensor changes (its version counter)."""
 
     def __init__(self, qw: torch.Tensor) -> None:
-        self.qw = qw
+        self._qw: torch.Tensor | None = qw
         self.key: tuple[int, int] | None = None
-        self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.packed: Any = None
 
     def get(self, bias: torch.Tensor | None) -> Any:
         key = None if bias is None else (bias.data_ptr(), bias._version)
-        if key != self.key:
+        if self.packed is None or key != self.key:
+            qw = self._qw if self._qw is not None else torch.ops.quantized.linear_unpack(self.packed)[0]
             b = None if bias is None else bias.detach().float().contiguous()
-            self.packed = torch.ops.quantized.linear_prepack(self.qw, b)
-            self.key = key
+            self.packed = torch.ops.quantized.linear_prepack(qw, b)
+            self.key, self._qw = key, None
         return self.packed
 
 
