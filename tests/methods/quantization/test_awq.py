@@ -48,7 +48,10 @@ def test_in_scale_decodes_and_roundtrips(tmp_path):
     assert torch.equal(g.decode(), f.decode())
 
 
-def test_awq_on_llama_saves_loads_and_beats_rtn(tmp_path, tiny_llama_dir):
+def test_awq_on_llama_saves_loads_and_beats_rtn(tmp_path, tiny_llama_dir, monkeypatch):
+    # the quantization is compared, not the kernels: a timed kernel choice (int_mm_requant adds
+    # per-token activation rounding) would make the margin depend on the machine and the run
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference,embedding=reference")
     task = CausalLMTask(local_source(str(tiny_llama_dir)), political_speeches(), eval_tokens=512, window=128)
     original = task.load_original()
     model = mp.compress(
