@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import ModelpressError
+from .errors import ConfigError, ModelpressError
 
 app = typer.Typer(
     help="Compress PyTorch / Hugging Face models and measure what each method buys.",
@@ -62,6 +62,10 @@ EvalTokensOpt = Annotated[
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers imports torchao where it is installed (the bench extra), which warns at
+    # import about its C++ extensions and triton: nothing modelpress uses
+    for name in ("torchao", "torchao.kernel.intmm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import transformers
 
@@ -143,6 +147,21 @@ def bench(
             help="Keep freed memory for reuse while timing (stable timings; see docs/measurement.md)."
         ),
     ] = True,
+    decode_tokens: Annotated[
+        int,
+        typer.Option(
+            "--decode-tokens",
+            help="Causal LMs: new tokens of the timed greedy generation (batch 1 and 8); 0 = none.",
+        ),
+    ] = 32,
+    eval_examples: Annotated[
+        str,
+        typer.Option(
+            "--eval-examples",
+            help="Quality on the first N test examples of every row, or all; auto: all, unless a "
+            "row's dtype is only emulated on this CPU (then the first 800).",
+        ),
+    ] = "auto",
 ) -> None:
     """Compress the model with each method and print the comparison table (every figure measured)."""
     from .bench.report import write_reports
@@ -165,6 +184,8 @@ def bench(
                 measure_memory=memory,
                 keep_artifacts=keep_artifacts,
                 tune_allocator=tune_allocator,
+                decode_tokens=decode_tokens,
+                eval_examples=_eval_examples(eval_examples),
             ),
         )
         command = "modelpress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -173,6 +194,16 @@ def bench(
         raise _fail(e) from None
     _print_table(result)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+def _eval_examples(value: str) -> int | str:
+    v = value.strip().lower()
+    if v in ("auto", "all"):
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise ConfigError(f"--eval-examples must be auto, all or an integer >= 1, got {value!r}") from None
 
 
 def _print_table(result: dict) -> None:
@@ -203,6 +234,16 @@ def _print_table(result: dict) -> None:
         table.add_row(*format_row(r)[1:])
     wide = Console(width=max(console.width, 160)) if not console.is_terminal else console
     wide.print(table)
+    from .bench.report import decode_table
+
+    dec_header, dec_rows = decode_table(result["rows"])
+    if dec_rows:
+        dt = Table(title="greedy decode (KV cache)")
+        for col in dec_header:
+            dt.add_column(col, justify="left" if col == "Method" else "right")
+        for dec_line in dec_rows:
+            dt.add_row(*dec_line)
+        wide.print(dt)
     for r in result["rows"]:
         for n in r.get("notes", []):
             console.print(f"  {r['method']}: {n}", highlight=False)

@@ -63,3 +63,86 @@ def test_time_callable_bounds():
     calls = []
     t = time_callable(lambda: calls.append(1), warmup=2, min_runs=7, min_seconds=0.0)
     assert t.runs == 7 and len(calls) == 9 and t.p95_ms >= t.p50_ms >= 0
+
+
+def test_causal_lm_rows_get_decode_speed_and_bandwidth_share(tmp_path, tiny_llama_dir):
+    from modelpress.data.datasets import political_speeches
+    from modelpress.models.causal_lm import CausalLMTask
+
+    task = CausalLMTask(
+        local_source(str(tiny_llama_dir)), political_speeches(), eval_tokens=512, window=128, seq_len=16
+    )
+    opts = BenchOptions(
+        tmp_path, progress=False, measure_memory=False, rounds=2, decode_tokens=5, decode_batches=(1, 2)
+    )
+    result = run_bench(task, resolve_methods("fp32,int8-dynamic"), opts)
+    env, rows = result["env"], {r["method"]: r for r in result["rows"]}
+    assert env["memory_bandwidth_gbs"] > 0 and "16-token prompt + 5 new tokens" in env["decode"]
+    fp32, int8 = rows["fp32"], rows["int8-dynamic"]
+    for r in (fp32, int8):
+        for b in (1, 2):
+            assert r[f"decode_tokens_per_s_b{b}"] > 0 and r[f"ttft_ms_b{b}"] > 0
+            share = r[f"decode_bound_share_b{b}"]
+            assert share == pytest.approx(r[f"decode_tokens_per_s_b{b}"] / b / r["decode_bound_tokens_per_s"])
+        assert r["decode_bound_tokens_per_s"] == pytest.approx(
+            env["memory_bandwidth_gbs"] * 1e9 / r["weight_bytes_per_token"]
+        )
+    # tied embedding / head counted once (as the head); int8 reads about a quarter of the bytes
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(tiny_llama_dir))
+    assert fp32["weight_bytes_per_token"] >= 4 * cfg.vocab_size * cfg.hidden_size
+    assert int8["weight_bytes_per_token"] < 0.3 * fp32["weight_bytes_per_token"]
+    assert "decode_speedup_b1" in int8
+    md = write_reports(result, tmp_path)["md"].read_text()
+    assert "decode tok/s (batch 1)" in md and "share of bound (batch 2)" in md and "memory bandwidth" in md
+
+
+def test_decode_timing_is_off_for_encoders_and_when_asked(tmp_path, tiny_task):
+    result = run_bench(
+        tiny_task,
+        resolve_methods("fp32"),
+        BenchOptions(tmp_path, progress=False, measure_memory=False, rounds=1),
+    )
+    assert "decode" not in result["env"] and not any(k.startswith("decode") for k in result["rows"][0])
+    with pytest.raises(ConfigError, match="--decode-tokens"):
+        run_bench(tiny_task, resolve_methods("fp32"), BenchOptions(tmp_path, decode_tokens=1))
+
+
+def test_time_generate_counts_exactly_the_new_tokens(tiny_llama):
+    import torch
+
+    from modelpress.bench.measure import time_generate
+
+    ids = torch.randint(5, 100, (3, 7))
+    t = time_generate(tiny_llama.eval(), {"input_ids": ids}, 4)
+    assert t.batch == 3 and t.new_tokens == 4 and t.ttft_s > 0 and t.decode_s > 0
+    assert t.tokens_per_s == pytest.approx(3 * 3 / t.decode_s)
+
+
+def test_eval_examples_subset_is_the_same_for_every_row_and_said(tmp_path, tiny_task, monkeypatch):
+    from modelpress.bench import runner
+
+    n = len(tiny_task.splits.test)
+    opts = BenchOptions(tmp_path, progress=False, measure_memory=False, rounds=1, eval_examples=n // 2)
+    result = run_bench(tiny_task, resolve_methods("fp32,fp16"), opts)
+    assert f"the first {n // 2} of {n} test examples" in result["env"]["eval_subset"]
+    assert all(
+        len(r) == n // 2 for r in [tiny_task.evaluate(tiny_task.load_original(), progress=False).predictions]
+    )
+    assert (
+        "Evaluation: quality of every row on the first" in write_reports(result, tmp_path)["md"].read_text()
+    )
+    # auto: the full set unless a row's dtype is only emulated on this CPU
+    tiny_task.eval_limit = None
+    monkeypatch.setattr(runner, "AUTO_EVAL_EXAMPLES", n // 4)
+    monkeypatch.setattr(runner, "cpu_flags", lambda: ["avx2"])
+    assert runner._eval_subset(tiny_task, resolve_methods("fp32,int8-dynamic"), "auto") is None
+    msg = runner._eval_subset(tiny_task, resolve_methods("fp32,bf16"), "auto")
+    assert "bf16 (bfloat16)" in msg and tiny_task.eval_limit == n // 4
+    monkeypatch.setattr(runner, "cpu_flags", lambda: ["avx2", "avx512_bf16"])
+    tiny_task.eval_limit = None
+    assert runner._eval_subset(tiny_task, resolve_methods("fp32,bf16"), "auto") is None
+    for bad in (0, -3, "some", True):
+        with pytest.raises(ConfigError, match="--eval-examples"):
+            runner._eval_subset(tiny_task, resolve_methods("fp32"), bad)

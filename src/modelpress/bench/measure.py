@@ -23,7 +23,15 @@ from torch import nn
 
 from ..errors import ModelpressError
 
-__all__ = ["Timing", "measure_memory", "time_callable", "time_model"]
+__all__ = [
+    "DecodeTiming",
+    "Timing",
+    "measure_memory",
+    "time_callable",
+    "time_generate",
+    "time_model",
+    "weight_bytes_per_token",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +102,89 @@ def time_model(
             model(**batch)
 
     return time_callable(run, sync=sync, **kw)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeTiming:
+    """One greedy generation: time to the first new token (the prompt's prefill and one
+    step) and the time of the remaining ``new_tokens - 1`` steps, for ``batch`` sequences."""
+
+    ttft_s: float
+    decode_s: float
+    new_tokens: int
+    batch: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode throughput: new tokens of all sequences after the first, per second."""
+        return self.batch * (self.new_tokens - 1) / max(self.decode_s, 1e-9)
+
+
+def time_generate(model: nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int) -> DecodeTiming:
+    """Greedy generation of exactly ``new_tokens`` tokens after the prompt ``inputs`` with
+    transformers' ``generate`` (KV cache on), timed by a streamer that stamps the clock
+    when the prompt goes in and after every new token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    if new_tokens < 2:
+        raise ModelpressError(f"decode timing needs at least 2 new tokens, got {new_tokens}")
+    stamps: list[float] = []
+
+    class _Clock(BaseStreamer):
+        def put(self, value: torch.Tensor) -> None:
+            stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    cfg = getattr(model, "generation_config", None)
+    pad = getattr(cfg, "pad_token_id", None)
+    if pad is None:
+        eos = getattr(cfg, "eos_token_id", None)
+        pad = eos[0] if isinstance(eos, list) and eos else eos
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask", torch.ones_like(ids))
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model.generate(  # type: ignore[operator]
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad if pad is not None else 0,
+            streamer=_Clock(),
+        )
+    # stamps[0]: the prompt handed over; stamps[1]: first new token; stamps[-1]: the last
+    if len(stamps) != new_tokens + 1:
+        raise ModelpressError(f"generate produced {len(stamps) - 1} tokens, {new_tokens} were asked for")
+    return DecodeTiming(stamps[1] - t0, stamps[-1] - stamps[1], new_tokens, int(ids.shape[0]))
+
+
+def weight_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of weights one decode step reads: every matrix of the model once (a tied
+    embedding / LM head once, as the head), stored formats at their stored size; input
+    embeddings that are not tied to a head are left out (a step reads one row of them)."""
+    from ..formats.base import CompressedTensor
+
+    def is_embedding(m: nn.Module) -> bool:
+        return isinstance(m, nn.Embedding) or type(m).__name__.endswith("Embedding")
+
+    seen: set[int] = set()
+    total = 0
+    for m in model.modules():
+        if is_embedding(m) or isinstance(m, CompressedTensor):
+            continue
+        for child in m.children():
+            if isinstance(child, CompressedTensor) and id(child) not in seen:
+                seen.add(id(child))
+                total += child.stored_nbytes()
+        for p in m.parameters(recurse=False):
+            if p.dim() >= 2 and id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+    return total
 
 
 def measure_memory(

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import SaveError
 from .runner import ROW_KEYS
 
-__all__ = ["format_row", "markdown", "write_reports"]
+__all__ = ["decode_table", "format_row", "markdown", "write_reports"]
 
 COLUMNS = (
     "Model",
@@ -80,7 +80,50 @@ def header_lines(env: dict[str, Any]) -> list[str]:
         f"- Software: Python {env.get('python')}, torch {env.get('torch')}, "
         f"transformers {env.get('transformers')}; allocator: {env.get('allocator', 'system default')}",
         f"- Run: {env.get('date')}, {env.get('total_seconds', 0):.0f} s in all",
+        *(
+            [
+                f"- Decode: {env['decode']}; memory bandwidth {env['memory_bandwidth_gbs']:.1f} GB/s "
+                "(copy, read + write, measured in this run)"
+            ]
+            if env.get("decode")
+            else []
+        ),
+        *([f"- {env['decode_skipped']}"] if env.get("decode_skipped") else []),
+        *([f"- Evaluation: {env['eval_subset']}"] if env.get("eval_subset") else []),
     ]
+
+
+def decode_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the decode table (causal LMs): tokens/s and time to first token
+    per batch size, weights read per token, the bandwidth bound and each row's share of it;
+    ([], []) where no row was decode-timed."""
+    batches = sorted(
+        {
+            int(k.removeprefix("decode_tokens_per_s_b"))
+            for r in rows
+            for k in r
+            if k.startswith("decode_tokens_per_s_b")
+        }
+    )
+    if not batches:
+        return [], []
+    header = ["Method"]
+    for b in batches:
+        header += [f"decode tok/s (batch {b})", f"TTFT ms (batch {b})"]
+    header += ["weights read / token", "bound tok/s (bandwidth / weights)"]
+    header += [f"share of bound (batch {b})" for b in batches]
+    out = []
+    for r in rows:
+        line = [r["method"]]
+        for b in batches:
+            line += [_num(r.get(f"decode_tokens_per_s_b{b}"), ".1f"), _num(r.get(f"ttft_ms_b{b}"), ".0f")]
+        wb = r.get("weight_bytes_per_token")
+        line += [_size(wb) if wb else "-", _num(r.get("decode_bound_tokens_per_s"), ".1f")]
+        for b in batches:
+            share = r.get(f"decode_bound_share_b{b}")
+            line.append("-" if share is None else f"{100 * share:.0f} %")
+        out.append(line)
+    return header, out
 
 
 def markdown(result: dict[str, Any], command: str | None = None) -> str:
@@ -112,6 +155,17 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     out.append("| " + " | ".join(COLUMNS) + " |")
     out.append("|" + "|".join("---" for _ in COLUMNS) + "|")
     out += ["| " + " | ".join(format_row(r)) + " |" for r in rows]
+    dec_header, dec_rows = decode_table(rows)
+    if dec_rows:
+        out += [
+            "",
+            "Decode (greedy, KV cache; tokens/s counts the new tokens after the first, of all sequences; "
+            "share of bound = tokens/s per sequence / bound):",
+            "",
+        ]
+        out.append("| " + " | ".join(dec_header) + " |")
+        out.append("|" + "|".join("---" for _ in dec_header) + "|")
+        out += ["| " + " | ".join(line) + " |" for line in dec_rows]
     notes = [f"- **{r['method']}**: {n}" for r in rows for n in r.get("notes", [])]
     base = [r["baseline_rss_mb"] for r in rows if r.get("baseline_rss_mb")]
     out += [""]

@@ -19,6 +19,7 @@ import gc
 import logging
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ from tqdm.auto import tqdm
 from .. import kernels
 from ..api import artifact_bytes, check_save_target, compress, compression_notes, load, save
 from ..errors import ConfigError, SaveError
+from ..machine import memory_bandwidth_gbs
 from ..models.tasks import TaskAdapter
 from ..recipe import Recipe
 from .env import cpu_flags, environment, tune_allocator
-from .measure import Timing, measure_memory, time_model
+from .measure import DecodeTiming, Timing, measure_memory, time_generate, time_model, weight_bytes_per_token
 
 __all__ = ["ROW_KEYS", "BenchOptions", "run_bench"]
 
@@ -70,6 +72,14 @@ class BenchOptions:
     keep_artifacts: bool = True
     tune_allocator: bool = True  # see bench.env.tune_allocator
     rounds: int = 4  # round-robin timing rounds (every row timed once per round)
+    # causal LMs: greedy generation of this many new tokens after the seq_len-token prompt,
+    # timed in the same rounds at each of decode_batches (0 = no decode timing)
+    decode_tokens: int = 32
+    # quality on the first N test examples of every row (same ones for all); "auto": all of
+    # them, unless a row computes in a dtype this CPU only emulates (see _emulated_dtypes),
+    # then the first AUTO_EVAL_EXAMPLES, so the default demo does not spend minutes on them
+    eval_examples: int | str | None = None
+    decode_batches: tuple[int, ...] = (1, 8)
 
 
 def _devices(device: str) -> tuple[torch.device, bool]:
@@ -118,11 +128,19 @@ def run_bench(
     ):
         raise ConfigError(f"--threads must be an integer >= 1, got {options.threads!r}")
     threads = options.threads or torch.get_num_threads()
+    dt = options.decode_tokens
+    if isinstance(dt, bool) or not isinstance(dt, int) or dt < 0 or dt == 1:
+        raise ConfigError(f"--decode-tokens must be 0 (off) or an integer >= 2, got {dt!r}")
+    if not options.decode_batches or any(
+        isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in options.decode_batches
+    ):
+        raise ConfigError(f"decode batch sizes must be integers >= 1, got {options.decode_batches!r}")
     # Where the results go is checked (and made) before any model is loaded or trained: an
     # unwritable output, or an artifact directory that save() would refuse, fails at once.
     art_dir = _output_dirs(options.output)
     for label in labels:
         check_save_target(art_dir / label)
+    subset = _eval_subset(adapter, methods, options.eval_examples)
     torch.set_num_threads(threads)
     allocator = tune_allocator() if options.tune_allocator else "system default"
     out = Path(options.output)
@@ -148,6 +166,8 @@ def run_bench(
             "params": params,
         },
     )
+    if subset:
+        env["eval_subset"] = subset
     rows: list[dict[str, Any]] = []
     bar = tqdm(methods, desc="methods", disable=not options.progress, unit="method")
     for label, recipe in bar:
@@ -203,7 +223,8 @@ def run_bench(
         )
         del model
         gc.collect()
-    _time_rows(rows, [art_dir / r["method"] for r in rows], inputs1, inputs32, options, threads, env)
+    prompts = _decode_prompts(adapter, original, options, env)
+    _time_rows(rows, [art_dir / r["method"] for r in rows], inputs1, inputs32, options, threads, env, prompts)
     if not options.keep_artifacts:
         for r in rows:
             shutil.rmtree(art_dir / r["method"], ignore_errors=True)
@@ -219,6 +240,70 @@ def _load_average() -> float | None:
         return None
 
 
+AUTO_EVAL_EXAMPLES = 800
+
+
+def _emulated_dtypes(methods: list[tuple[str, Recipe]]) -> dict[str, str]:
+    """{method: dtype} for the rows that compute in a float dtype this CPU has no native
+    matmul for (float16 without avx512_fp16 / amx_fp16, bfloat16 without avx512_bf16 /
+    amx_bf16): torch emulates those, several times slower than fp32."""
+    flags = set(cpu_flags())
+    native = {"float16": {"avx512_fp16", "amx_fp16"}, "bfloat16": {"avx512_bf16", "amx_bf16"}}
+    out = {}
+    for label, recipe in methods:
+        for step in recipe.to_list():
+            dtype = str(step.get("dtype")) if step.get("method") == "cast" else ""
+            if dtype in native and not flags & native[dtype]:
+                out[label] = dtype
+    return out
+
+
+def _eval_subset(adapter: TaskAdapter, methods: list[tuple[str, Recipe]], eval_examples: Any) -> str | None:
+    """Apply ``--eval-examples`` to the adapter; returns the report's sentence, or None."""
+    if eval_examples in (None, "all"):
+        return None
+    if eval_examples == "auto":
+        slow = _emulated_dtypes(methods)
+        total = adapter.eval_size()
+        if not slow or total is None or total <= AUTO_EVAL_EXAMPLES:
+            return None
+        what = adapter.limit_evaluation(AUTO_EVAL_EXAMPLES)
+        rows = ", ".join(f"{m} ({d})" for m, d in slow.items())
+        return (
+            f"quality of every row on {what}: this CPU only emulates the dtype of {rows}, which would "
+            "spend minutes on the full set (`--eval-examples all` evaluates all of them)"
+        )
+    if isinstance(eval_examples, bool) or not isinstance(eval_examples, int) or eval_examples < 1:
+        raise ConfigError(f"--eval-examples must be auto, all or an integer >= 1, got {eval_examples!r}")
+    if adapter.eval_size() is None:
+        raise ConfigError(f"--eval-examples applies to tasks that count test examples, not {adapter.task}")
+    what = adapter.limit_evaluation(eval_examples)
+    return f"quality of every row on {what}" if what else None
+
+
+def _decode_prompts(
+    adapter: TaskAdapter, original: torch.nn.Module, options: BenchOptions, env: dict[str, Any]
+) -> dict[int, dict[str, torch.Tensor]]:
+    """The prompts of the decode timing (one per batch size), {} where there is none; the
+    machine's memory bandwidth goes into the report header with them."""
+    if not adapter.generates or not options.decode_tokens:
+        return {}
+    limit = getattr(getattr(original, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and adapter.seq_len + options.decode_tokens > limit:
+        env["decode_skipped"] = (
+            f"no decode timing: a {adapter.seq_len}-token prompt + {options.decode_tokens} new tokens "
+            f"passes the model's {limit} positions"
+        )
+        return {}
+    prompts = {b: adapter.example_inputs(b) for b in sorted(set(options.decode_batches))}
+    env["memory_bandwidth_gbs"] = memory_bandwidth_gbs()
+    env["decode"] = (
+        f"greedy generate with the KV cache: {adapter.seq_len}-token prompt + {options.decode_tokens} "
+        f"new tokens, batch {', '.join(map(str, prompts))}"
+    )
+    return prompts
+
+
 def _time_rows(
     rows: list[dict[str, Any]],
     paths: list[Path],
@@ -227,18 +312,24 @@ def _time_rows(
     options: BenchOptions,
     threads: int,
     env: dict[str, Any],
+    prompts: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """CPU latency and throughput of every row, round-robin over ``options.rounds``."""
+    """CPU latency and throughput of every row, round-robin over ``options.rounds``; for
+    causal LMs (``prompts``) also greedy decode tokens/s and time to first token."""
     rounds = max(1, int(options.rounds))
+    prompts = prompts or {}
     models = []
     for path in paths:
         m = load(path).to("cpu")
         time_model(m, inputs1, "cpu", warmup=2, min_runs=1, min_seconds=0.0)  # kernels chosen here
+        for p in prompts.values():  # and here for the prefill and the decode steps' row counts
+            time_generate(m, p, 2)
         models.append(m)
     load_before = _load_average()
     lat: list[list[float]] = [[] for _ in rows]
     thr: list[list[float]] = [[] for _ in rows]
     per_round: list[list[float]] = [[] for _ in rows]
+    decode: list[dict[int, list[DecodeTiming]]] = [{b: [] for b in prompts} for _ in rows]
     bar = tqdm(range(rounds), desc="timing (round-robin)", disable=not options.progress, unit="round")
     for _ in bar:
         for i, m in enumerate(models):
@@ -247,7 +338,22 @@ def _time_rows(
             per_round[i].append(t1.p50_ms)
             t32 = time_model(m, inputs32, "cpu", warmup=1, min_runs=2, min_seconds=0.0, max_seconds=6.0)
             thr[i] += t32.times_s
+            for b, p in prompts.items():
+                decode[i][b].append(time_generate(m, p, options.decode_tokens))
     load_after = _load_average()
+    bw = env.get("memory_bandwidth_gbs")
+    for i, r in enumerate(rows):
+        if not prompts:
+            break
+        wb = weight_bytes_per_token(models[i])
+        r["weight_bytes_per_token"] = wb
+        bound = bw * 1e9 / wb if bw and wb else None
+        r["decode_bound_tokens_per_s"] = bound  # per sequence: every step reads every weight once
+        for b, ts in decode[i].items():
+            tps = statistics.median(t.tokens_per_s for t in ts)
+            r[f"decode_tokens_per_s_b{b}"] = tps
+            r[f"ttft_ms_b{b}"] = 1e3 * statistics.median(t.ttft_s for t in ts)
+            r[f"decode_bound_share_b{b}"] = tps / b / bound if bound else None
     for i, r in enumerate(rows):
         t1, t32 = Timing(tuple(lat[i])), Timing(tuple(thr[i]))
         r["cpu_latency_ms_p50"] = float(torch.tensor(per_round[i]).median())
@@ -298,6 +404,16 @@ def _add_notes(rows: list[dict[str, Any]]) -> None:
                     why = " (this CPU has no native bfloat16 matmul: no avx512_bf16 / amx_bf16)"
                 if why:
                     notes.append(why.strip(" ()"))
+        for key in sorted(k for k in r if k.startswith("decode_tokens_per_s_b")):
+            b = key.removeprefix("decode_tokens_per_s_b")
+            if base is None or r is base or not base.get(key) or not r.get(key):
+                continue
+            ratio = r[key] / base[key]
+            r[f"decode_speedup_b{b}"] = ratio
+            if ratio <= 0.95:
+                notes.append(f"slower here: decode at batch {b} at {ratio:.2f}x fp32's tokens/s on this CPU")
+            elif ratio >= 1.05:
+                notes.append(f"decode at batch {b}: {ratio:.2f}x fp32's tokens/s")
         if r.get("kernels"):
             notes.append(f"kernels: {r['kernels']}")
         notes += r.get("method_warnings") or []

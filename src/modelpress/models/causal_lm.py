@@ -56,6 +56,7 @@ class CausalLMTask(TaskAdapter):
     task = "causal-lm"
     metric = "perplexity"
     higher_is_better = False
+    generates = True
 
     def __init__(
         self,

@@ -192,13 +192,28 @@ class TextClassificationTask(TaskAdapter):
     # -- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def predict(
-        self, model: nn.Module, split: str = "test", *, device="cpu", progress: bool = False
+        self,
+        model: nn.Module,
+        split: str = "test",
+        *,
+        device="cpu",
+        progress: bool = False,
+        limit: int | None = None,
     ) -> torch.Tensor:
+        """Predicted class ids of a split's examples (the first ``limit`` of them, if given)."""
         data = self._split(split)
-        preds = torch.empty(len(data), dtype=torch.long)
-        n_batches = -(-len(data) // self.eval_batch_size)
+        n = len(data) if limit is None else min(limit, len(data))
+        preds = torch.empty(n, dtype=torch.long)
+        n_batches = -(-n // self.eval_batch_size)
+        batches = bucketed_batches(
+            self.tokenizer,
+            data.texts[:n],
+            None if data.labels is None else data.labels[:n],
+            self.eval_batch_size,
+            max_length=self.training.max_length,
+        )
         for batch in tqdm(
-            self.batches(split, self.eval_batch_size),
+            batches,
             total=n_batches,
             desc="evaluating",
             disable=not progress,
@@ -222,11 +237,21 @@ class TextClassificationTask(TaskAdapter):
         progress: bool = True,
     ) -> Evaluation:
         t0 = time.perf_counter()
-        preds = self.predict(model, "test", device=device, progress=progress)
-        labels = torch.tensor(self.splits.test.labels)
+        preds = self.predict(model, "test", device=device, progress=progress, limit=self.eval_limit)
+        labels = torch.tensor(list(self.splits.test.labels or [])[: len(preds)])
         acc = (preds == labels).float().mean().item()
         agree = None if reference is None else (preds == reference).float().mean().item()
         return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+
+    def eval_size(self) -> int | None:
+        return len(self.splits.test)
+
+    def limit_evaluation(self, n: int) -> str | None:
+        total = len(self.splits.test)
+        if n >= total:
+            return None
+        self.eval_limit = n
+        return f"the first {n} of {total} test examples"
 
     def describe(self) -> dict[str, Any]:
         s = self.splits

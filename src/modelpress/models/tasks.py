@@ -87,6 +87,20 @@ class TaskAdapter(abc.ABC):
         """The task metric of ``model`` on a split (for early stopping during fine-tuning)."""
 
     seq_len: int = 64
+    #: a causal LM: the bench also times greedy generation (decode tokens/s, time to first
+    #: token) with ``example_inputs`` as the prompt
+    generates: bool = False
+    #: evaluate on the first this many test examples only (``limit_evaluation``)
+    eval_limit: int | None = None
+
+    def eval_size(self) -> int | None:
+        """Test examples ``evaluate`` uses in all; None where the task does not count examples."""
+        return None
+
+    def limit_evaluation(self, n: int) -> str | None:
+        """Evaluate on the first ``n`` test examples from now on (the same ones for every
+        model); returns what that means for the report, None where this task cannot."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Facts for the report header (task, data, sizes)."""
