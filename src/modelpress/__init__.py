@@ -4,6 +4,7 @@ import modelpress as mp
 model = mp.compress(model, "int8-dynamic")        # or a MethodConfig / Recipe
 mp.save(model, "out/minilm-int8")
 model = mp.load("out/minilm-int8")
+mp.export("out/minilm-int8", "out/minilm-int8-onnx", data=adapter)  # ONNX, checked in ONNX Runtime
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 
 from .api import artifact_bytes, compress, compression_notes, load, recipe_of, save
+from .deploy import export
 from .errors import ArtifactError, ConfigError, DataError, ModelpressError, SaveError
 from .methods.base import CONFIGS, PRESETS, CompressContext, MethodConfig, register, register_config
 from .methods.baseline.cast import CastConfig
@@ -38,6 +40,7 @@ __all__ = [
     "artifact_bytes",
     "compress",
     "compression_notes",
+    "export",
     "load",
     "recipe_of",
     "register",

@@ -162,6 +162,14 @@ def bench(
             "row's dtype is only emulated on this CPU (then the first 800).",
         ),
     ] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="torch, or torch,onnxruntime: each method also as its ONNX export in ONNX Runtime "
+            "(<method>@ort), with ONNX Runtime's own quantize_dynamic as a peer row.",
+        ),
+    ] = "torch",
 ) -> None:
     """Compress the model with each method and print the comparison table (every figure measured)."""
     from .bench.report import write_reports
@@ -186,6 +194,7 @@ def bench(
                 tune_allocator=tune_allocator,
                 decode_tokens=decode_tokens,
                 eval_examples=_eval_examples(eval_examples),
+                backends=tuple(b.strip() for b in backend.split(",") if b.strip()),
             ),
         )
         command = "modelpress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -317,6 +326,65 @@ def evaluate(
         f"{ev.metric}: {ev.value:.4f} (original {reference.value:.4f}); agreement with the original: {agree}",
         highlight=False,
     )
+
+
+@app.command()
+def export(
+    artifact: Annotated[
+        Path, typer.Argument(help="A directory written by `modelpress compress` or `save()`.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the export to.")],
+    fmt: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    model: ModelOpt = "minilm",
+    task: TaskOpt = None,
+    data: DataOpt = None,
+    allow_decoded: Annotated[
+        bool,
+        typer.Option(
+            "--allow-decoded",
+            help="Export formats ONNX cannot hold (codebooks, sparse ...) as decoded float32 weights.",
+        ),
+    ] = False,
+    accuracy_level: Annotated[
+        int,
+        typer.Option(
+            "--accuracy-level",
+            help="MatMulNBits compute: 0 float (exact), 4 int8 activations (ONNX Runtime's fast CPU path).",
+        ),
+    ] = 4,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 18..20.")] = 18,
+    check_metric: Annotated[
+        bool, typer.Option(help="Also compare the task metric of the ONNX and the torch model.")
+    ] = True,
+) -> None:
+    """Export an artifact to ONNX (compressed formats as ONNX Runtime operators), checked in ONNX Runtime."""
+    from .deploy import export as export_model
+    from .models.builtin import resolve_model
+
+    try:
+        adapter = resolve_model(model, task=task, data=data)
+        report = export_model(
+            artifact,
+            output,
+            format=fmt,
+            data=adapter,
+            evaluate=check_metric,
+            allow_decoded=allow_decoded,
+            accuracy_level=accuracy_level,
+            opset=opset,
+        )
+    except (ModelpressError, OSError) as e:
+        raise _fail(e) from None
+    console.print(report.summary(), highlight=False)
+    task_check = report.check.get("task")
+    if task_check:
+        console.print(
+            f"{task_check['metric']}: ONNX Runtime {task_check['onnx']:.4f}"
+            f", torch {task_check['torch']:.4f}; agreement {100 * (task_check['agreement'] or 0):.2f}%",
+            highlight=False,
+        )
+    for name in report.decoded:
+        console.print(f"  {name}: exported as decoded float32 weights (no ONNX form keeps its size)")
 
 
 @app.command()

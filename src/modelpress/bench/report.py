@@ -78,7 +78,9 @@ def header_lines(env: dict[str, Any]) -> list[str]:
         f"- Inputs: latency at batch {env.get('latency_batch_size')} × {env.get('seq_len')} tokens, "
         f"throughput at batch {env.get('throughput_batch_size')} × {env.get('seq_len')} tokens",
         f"- Software: Python {env.get('python')}, torch {env.get('torch')}, "
-        f"transformers {env.get('transformers')}; allocator: {env.get('allocator', 'system default')}",
+        f"transformers {env.get('transformers')}"
+        + (f", onnxruntime {env['onnxruntime']}" if env.get("onnxruntime") else "")
+        + f"; allocator: {env.get('allocator', 'system default')}",
         f"- Run: {env.get('date')}, {env.get('total_seconds', 0):.0f} s in all",
         *(
             [

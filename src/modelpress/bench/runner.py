@@ -79,6 +79,9 @@ class BenchOptions:
     # them, unless a row computes in a dtype this CPU only emulates (see _emulated_dtypes),
     # then the first AUTO_EVAL_EXAMPLES, so the default demo does not spend minutes on them
     eval_examples: int | str | None = None
+    # "torch" rows always; "onnxruntime" adds, per method, the row of its ONNX export run in
+    # ONNX Runtime ("<method>@ort") and ONNX Runtime's own quantize_dynamic of the fp32 export
+    backends: tuple[str, ...] = ("torch",)
     decode_batches: tuple[int, ...] = (1, 8)
 
 
@@ -141,6 +144,7 @@ def run_bench(
     for label in labels:
         check_save_target(art_dir / label)
     subset = _eval_subset(adapter, methods, options.eval_examples)
+    backends = _backends(options.backends)
     torch.set_num_threads(threads)
     allocator = tune_allocator() if options.tune_allocator else "system default"
     out = Path(options.output)
@@ -221,8 +225,13 @@ def run_bench(
                 "eval_seconds": ev.seconds,
             }
         )
+        if "onnxruntime" in backends:
+            rows += _ort_rows(model, rows[-1], adapter, art_dir, reference, inputs_file, options, threads)
         del model
         gc.collect()
+    if "onnxruntime" in backends:
+        rows += _ort_peer_rows(rows, adapter, art_dir, reference, inputs_file, options, threads)
+        env["onnxruntime"] = _ort_version()
     prompts = _decode_prompts(adapter, original, options, env)
     _time_rows(rows, [art_dir / r["method"] for r in rows], inputs1, inputs32, options, threads, env, prompts)
     if not options.keep_artifacts:
@@ -231,6 +240,193 @@ def run_bench(
     _add_notes(rows)
     env["total_seconds"] = time.perf_counter() - t_start
     return {"env": env, "rows": rows}
+
+
+BACKENDS = ("torch", "onnxruntime")
+ORT_SUFFIX = "@ort"
+ORT_PEER = "ort-quantize-dynamic"
+
+
+def _backends(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not isinstance(value, (tuple, list)) or not value or any(v not in BACKENDS for v in value):
+        raise ConfigError(f"--backend must be a comma-separated list of {', '.join(BACKENDS)}, got {value!r}")
+    if "torch" not in value:
+        raise ConfigError("--backend must include torch (the rows every other backend is compared with)")
+    if "onnxruntime" in value:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--backend onnxruntime needs onnx and onnxruntime: pip install 'modelpress[onnx]'"
+            ) from None
+    return tuple(value)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _is_export(path: Path) -> bool:
+    from ..deploy.onnx import EXPORT_FILE
+
+    return (path / EXPORT_FILE).is_file()
+
+
+def _load_row(path: Path, threads: int) -> torch.nn.Module:
+    """The model a row measures: a modelpress artifact, or an ONNX export in ONNX Runtime."""
+    if _is_export(path):
+        from ..deploy import OnnxModel
+
+        return OnnxModel(path, threads=threads)
+    return load(path).to("cpu")
+
+
+def _ort_row(
+    base: dict[str, Any],
+    method: str,
+    path: Path,
+    onnx_model: torch.nn.Module,
+    adapter: TaskAdapter,
+    reference: Any,
+    inputs_file: Path,
+    options: BenchOptions,
+    threads: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    from ..deploy.onnx import ONNX_FILE
+
+    ev = adapter.evaluate(
+        onnx_model, reference=reference.predictions, device="cpu", progress=options.progress
+    )
+    mem = measure_memory(path, inputs_file, threads=threads) if options.measure_memory else {}
+    size = (path / ONNX_FILE).stat().st_size
+    return {
+        **{k: base[k] for k in ("model", "recipe", "params", "metric")},
+        "method": method,
+        "size_bytes": size,
+        "bits_per_weight": 8 * size / base["params"],
+        "cpu_latency_ms_p50": None,
+        "cpu_latency_ms_p95": None,
+        "cpu_throughput": None,
+        "gpu_latency_ms_p50": None,
+        "peak_rss_mb": mem.get("peak_rss_mb"),
+        "peak_vram_mb": None,
+        "quality": ev.value,
+        "quality_delta": ev.value - reference.value,
+        "agreement": ev.agreement,
+        "baseline_rss_mb": mem.get("baseline_rss_mb"),
+        "backend": "onnxruntime",
+        "method_warnings": [],
+        "eval_seconds": ev.seconds,
+        **extra,
+    }
+
+
+def _ort_rows(
+    model: torch.nn.Module,
+    base: dict[str, Any],
+    adapter: TaskAdapter,
+    art_dir: Path,
+    reference: Any,
+    inputs_file: Path,
+    options: BenchOptions,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """The ONNX Runtime row of one method: its export (checked against torch), measured
+    like the torch rows; [] with a note on the torch row where the format has no ONNX form."""
+    from ..deploy import ExportError, OnnxModel, export_onnx
+
+    label = base["method"]
+    path = art_dir / (label + ORT_SUFFIX)
+    try:
+        report = export_onnx(
+            model,
+            path,
+            adapter.example_inputs(2),
+            check_inputs=[adapter.example_inputs(2), adapter.example_inputs(8)],
+            threads=threads,
+        )
+    except ExportError as e:
+        base["method_warnings"] = [*base.get("method_warnings", []), f"no ONNX Runtime row: {e}"]
+        return []
+    ops = sorted({p.op for p in report.modules})
+    extra = {
+        "compress_seconds": report.seconds,
+        "export_check": {
+            k: report.check[k] for k in ("max_abs_diff", "rel_error", "tolerance", "top1_agreement")
+        },
+        "onnx_ops": ", ".join(ops),
+    }
+    onnx_model = OnnxModel(path, threads=threads)
+    return [
+        _ort_row(
+            base,
+            label + ORT_SUFFIX,
+            path,
+            onnx_model,
+            adapter,
+            reference,
+            inputs_file,
+            options,
+            threads,
+            extra,
+        )
+    ]
+
+
+def _ort_peer_rows(
+    rows: list[dict[str, Any]],
+    adapter: TaskAdapter,
+    art_dir: Path,
+    reference: Any,
+    inputs_file: Path,
+    options: BenchOptions,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """ONNX Runtime's own ``quantize_dynamic`` (int8 weights, its defaults) of the fp32
+    export: the peer a user would reach for, measured in the same run."""
+    import json
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from ..deploy import OnnxModel
+    from ..deploy.onnx import EXPORT_FILE, ONNX_FILE
+
+    src = art_dir / ("fp32" + ORT_SUFFIX)
+    base = next((r for r in rows if r["method"] == "fp32" + ORT_SUFFIX), None)
+    if base is None or not _is_export(src):
+        return []
+    out = art_dir / ORT_PEER
+    tmp = art_dir / f".{ORT_PEER}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    quantize_dynamic(str(src / ONNX_FILE), str(tmp / ONNX_FILE), weight_type=QuantType.QInt8)
+    meta = json.loads((src / EXPORT_FILE).read_text())
+    meta["modules"] = [{"op": "onnxruntime.quantization.quantize_dynamic (QInt8, defaults)"}]
+    (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    extra = {"compress_seconds": time.perf_counter() - t0, "onnx_ops": "onnxruntime quantize_dynamic (QInt8)"}
+    peer = _ort_row(
+        base,
+        ORT_PEER,
+        out,
+        OnnxModel(out, threads=threads),
+        adapter,
+        reference,
+        inputs_file,
+        options,
+        threads,
+        extra,
+    )
+    peer["recipe"] = [{"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8"}]
+    return [peer]
 
 
 def _load_average() -> float | None:
@@ -320,10 +516,11 @@ def _time_rows(
     prompts = prompts or {}
     models = []
     for path in paths:
-        m = load(path).to("cpu")
+        m = _load_row(path, threads)
         time_model(m, inputs1, "cpu", warmup=2, min_runs=1, min_seconds=0.0)  # kernels chosen here
-        for p in prompts.values():  # and here for the prefill and the decode steps' row counts
-            time_generate(m, p, 2)
+        if hasattr(m, "generate"):  # ONNX exports have no KV-cache graph: no decode timing
+            for p in prompts.values():  # kernels for the prefill and the decode steps' row counts
+                time_generate(m, p, 2)
         models.append(m)
     load_before = _load_average()
     lat: list[list[float]] = [[] for _ in rows]
@@ -338,13 +535,15 @@ def _time_rows(
             per_round[i].append(t1.p50_ms)
             t32 = time_model(m, inputs32, "cpu", warmup=1, min_runs=2, min_seconds=0.0, max_seconds=6.0)
             thr[i] += t32.times_s
-            for b, p in prompts.items():
+            for b, p in prompts.items() if hasattr(m, "generate") else ():
                 decode[i][b].append(time_generate(m, p, options.decode_tokens))
     load_after = _load_average()
     bw = env.get("memory_bandwidth_gbs")
     for i, r in enumerate(rows):
         if not prompts:
             break
+        if not hasattr(models[i], "generate"):
+            continue
         wb = weight_bytes_per_token(models[i])
         r["weight_bytes_per_token"] = wb
         bound = bw * 1e9 / wb if bw and wb else None
@@ -362,7 +561,7 @@ def _time_rows(
         r["latency_runs"], r["throughput_runs"] = t1.runs, t32.runs
         r["latency_rounds_ms"] = [round(v, 3) for v in per_round[i]]
         r["latency_round_spread"] = (max(per_round[i]) - min(per_round[i])) / r["cpu_latency_ms_p50"]
-        r["kernels"] = _kernel_summary(models[i])
+        r["kernels"] = r.get("onnx_ops") or _kernel_summary(models[i])
     env["timing"] = f"round-robin, {rounds} rounds; latency = median of the rounds' medians"
     env["load_average"] = [load_before, load_after]
     busy = [x for x in (load_before, load_after) if x is not None and x > threads + 0.75]

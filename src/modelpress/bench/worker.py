@@ -49,14 +49,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Import the model's code before the baseline reading: the baseline is the runtime
-    # (interpreter, torch, transformers and the model class), the rest is the artifact's.
-    base = json.loads((Path(args.artifact) / "manifest.json").read_text()).get("base", {})
-    if base.get("library") == "transformers":
-        getattr(transformers, str(base.get("class")), None)
+    onnx_export = (Path(args.artifact) / "export.json").is_file()
+    if onnx_export:  # an ONNX export: the runtime is ONNX Runtime (imported before the baseline)
+        import onnxruntime  # noqa: F401
+
+        from modelpress.deploy import OnnxModel
+    else:
+        # Import the model's code before the baseline reading: the baseline is the runtime
+        # (interpreter, torch, transformers and the model class), the rest is the artifact's.
+        base = json.loads((Path(args.artifact) / "manifest.json").read_text()).get("base", {})
+        if base.get("library") == "transformers":
+            getattr(transformers, str(base.get("class")), None)
     baseline = _peak_rss_mb()
     device = torch.device(args.device)
-    model = load(args.artifact, device=device)
+    if onnx_export:
+        model: torch.nn.Module = OnnxModel(args.artifact, threads=args.threads)
+    else:
+        model = load(args.artifact, device=device)
     inputs = {k: v.to(device) for k, v in load_file(args.inputs).items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -16,7 +16,17 @@ from ..formats.base import CompressedTensor
 from . import cpu as _cpu  # noqa: F401 - registers torch's CPU low-precision kernels
 from . import int8 as _int8  # noqa: F401 - registers the INT8 kernels
 from . import reference as _reference  # noqa: F401 - registers the reference kernels
-from .dispatch import KERNELS, Kernel, candidates, chosen, force, invalidate, register_kernel, run
+from .dispatch import (
+    KERNELS,
+    Kernel,
+    candidates,
+    chosen,
+    force,
+    invalidate,
+    reference_kernels,
+    register_kernel,
+    run,
+)
 from .int8 import int_mm_available
 
 __all__ = [
@@ -32,6 +42,7 @@ __all__ = [
     "linear",
     "linear_a8",
     "linear_a8_static",
+    "reference_kernels",
     "register_kernel",
     "used",
 ]

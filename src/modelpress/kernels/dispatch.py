@@ -27,10 +27,11 @@ pinned kernel that cannot run a given format and input is a ``ConfigError``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -120,6 +121,21 @@ def force(op: str, name: str | None) -> None:
         known = ", ".join(k.name for k in KERNELS.get(op, [])) or "none"
         raise ConfigError(f"no kernel '{name}' for op '{op}' (known: {known})")
     _forced[op] = name
+
+
+@contextlib.contextmanager
+def reference_kernels() -> Iterator[None]:
+    """Run every op on its reference kernel (decoded weights, float math) inside the block:
+    the semantics of the stored format, what an exported model is compared with."""
+    saved = dict(_forced)
+    try:
+        for op, ks in KERNELS.items():
+            if any(k.name == "reference" for k in ks):
+                _forced[op] = "reference"
+        yield
+    finally:
+        _forced.clear()
+        _forced.update(saved)
 
 
 def candidates(op: str, fmt: CompressedTensor, x: torch.Tensor) -> list[Kernel]:
