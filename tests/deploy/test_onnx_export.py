@@ -13,8 +13,6 @@ from modelpress.errors import ArtifactError, ModelpressError
 from modelpress.methods.quantization import WeightOnlyConfig
 from modelpress.models.lenet import LeNet5, LeNet300100
 
-pytest.importorskip("onnxruntime")
-
 
 def _ids(vocab: int, b: int = 2, s: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
     ids = torch.randint(5, vocab, (b, s), generator=torch.Generator().manual_seed(seed))

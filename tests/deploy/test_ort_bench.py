@@ -10,8 +10,6 @@ from modelpress.models.classification import TextClassificationTask
 from modelpress.models.sources import local_source
 from modelpress.recipe import resolve_methods
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture
 def tiny_task(tiny_bert_dir, small_splits):

@@ -230,7 +230,7 @@ def run_bench(
         del model
         gc.collect()
     if "onnxruntime" in backends:
-        rows += _ort_peer_rows(rows, adapter, art_dir, reference, inputs_file, options, threads)
+        rows += _ort_peer_rows(original, rows, adapter, art_dir, reference, inputs_file, options, threads)
         env["onnxruntime"] = _ort_version()
     prompts = _decode_prompts(adapter, original, options, env)
     _time_rows(rows, [art_dir / r["method"] for r in rows], inputs1, inputs32, options, threads, env, prompts)
@@ -380,6 +380,7 @@ def _ort_rows(
 
 
 def _ort_peer_rows(
+    original: torch.nn.Module,
     rows: list[dict[str, Any]],
     adapter: TaskAdapter,
     art_dir: Path,
@@ -394,20 +395,24 @@ def _ort_peer_rows(
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..deploy import OnnxModel
+    from ..deploy import OnnxModel, export_onnx
     from ..deploy.onnx import EXPORT_FILE, ONNX_FILE
 
-    src = art_dir / ("fp32" + ORT_SUFFIX)
     base = next((r for r in rows if r["method"] == "fp32" + ORT_SUFFIX), None)
-    if base is None or not _is_export(src):
+    if base is None:
         return []
     out = art_dir / ORT_PEER
     tmp = art_dir / f".{ORT_PEER}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     t0 = time.perf_counter()
+    # the fp32 export with constants folded: quantize_dynamic quantizes the MatMuls whose
+    # weight is an initializer (not a Transpose of one)
+    src = art_dir / f".{ORT_PEER}.fp32-{os.getpid()}"
+    export_onnx(original, src, adapter.example_inputs(2), constant_folding=True, threads=threads)
+    tmp.mkdir()
     quantize_dynamic(str(src / ONNX_FILE), str(tmp / ONNX_FILE), weight_type=QuantType.QInt8)
     meta = json.loads((src / EXPORT_FILE).read_text())
+    shutil.rmtree(src, ignore_errors=True)
     meta["modules"] = [{"op": "onnxruntime.quantization.quantize_dynamic (QInt8, defaults)"}]
     (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
