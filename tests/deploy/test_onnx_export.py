@@ -214,3 +214,18 @@ def test_export_with_task_metric_and_cli(tmp_path, tiny_bert_dir, small_splits):
     assert "DynamicQuantizeMatMul" in res.output and (tmp_path / "cli" / "model.onnx").is_file()
     res = CliRunner().invoke(app, ["export", str(art), "-o", str(tmp_path / "x"), "--format", "tflite"])
     assert res.exit_code == 2 and "export format must be one of onnx" in res.output
+
+
+@pytest.mark.parametrize("method", ["prune-heads-25", "prune-ffn-50", "distill-3l"])
+def test_structured_and_distilled_models_export_and_match(tmp_path, tiny_bert_dir, small_splits, method):
+    from modelpress.models.classification import TextClassificationTask
+    from modelpress.models.sources import local_source
+
+    task = TextClassificationTask(local_source(str(tiny_bert_dir)), small_splits, seq_len=16)
+    model = mp.load(
+        mp.save(
+            mp.compress(task.load_original(progress=False), method, data=task, progress=False), tmp_path / "a"
+        )
+    )
+    r = export_onnx(model, tmp_path / "e", task.example_inputs(2), check_inputs=[task.example_inputs(8)])
+    assert r.check["rel_error"] < 1e-4 and r.check["top1_agreement"] == 1.0

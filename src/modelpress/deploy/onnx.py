@@ -175,6 +175,12 @@ def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return _Wrapper(model, list(inputs))(*inputs.values()).float()
 
 
+def _has_tied_weights(model: nn.Module) -> bool:
+    """Whether two modules share a parameter or a compressed format (a tied LM head)."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    return len({id(p) for _, p in named}) < len(named) or bool(_head_sharing(model))
+
+
 def _returns_tensor(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
     """Whether the model returns a bare tensor (LeNet) rather than an output with ``logits``."""
     w = _Wrapper(model, list(inputs))
@@ -335,7 +341,7 @@ def export_onnx(
     metadata: dict[str, Any] | None = None,
     threads: int | None = None,
     extra_check: Callable[[Any], dict[str, Any]] | None = None,
-    constant_folding: bool = False,
+    constant_folding: bool | None = None,
 ) -> ExportReport:
     """Export ``model`` (a torch model, plain or compressed by modelpress) to ONNX.
 
@@ -347,10 +353,10 @@ def export_onnx(
     MatMulNBits' compute type (0: float, as modelpress's reference; 4: int8 activations per
     block, ONNX Runtime's fast CPU path). Raises ``ExportError`` when a module has no ONNX
     form, or the export does not match within ``tolerance`` (see ``default_tolerance``).
-    ``constant_folding``: fold constants at export (off: a tied embedding / head would be
-    written twice). ``extra_check``: called with the ONNX model (an ``OnnxModel``) before it is kept; what
-    it returns goes into ``export.json`` (``check.task``), an ``ExportError`` it raises
-    stops the export.
+    ``constant_folding``: fold constants at export (None: unless the model ties weights,
+    e.g. an embedding and its LM head, which folding would write twice). ``extra_check``:
+    called with the ONNX model (an ``OnnxModel``) before it is kept; what it returns goes
+    into ``export.json`` (``check.task``), an ``ExportError`` it raises stops the export.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"export takes a torch nn.Module, got {type(model).__name__}")
@@ -378,6 +384,8 @@ def export_onnx(
         )
     for p in refused:
         p.op = "decoded float32"
+    if constant_folding is None:
+        constant_folding = not _has_tied_weights(model)
     was_training = model.training
     model.eval()
     cast = _cast_dtype(model)
