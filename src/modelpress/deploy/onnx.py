@@ -440,6 +440,7 @@ def export_onnx(
             "accuracy_level": accuracy_level,
             "weights_dtype": None if cast is None else str(cast).removeprefix("torch."),
             "modules": [dataclasses.asdict(p) for p in planned],
+            "id2label": getattr(getattr(model, "config", None), "id2label", None),
             **(metadata or {}),
         }
         tol = tolerance if tolerance is not None else default_tolerance(planned, accuracy_level, cast)

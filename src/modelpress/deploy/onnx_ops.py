@@ -122,6 +122,18 @@ def nbits_tensors(fmt: AffineQuantized) -> NBitsTensors:
     return NBitsTensors(B.contiguous(), scales, zp, block, fmt.bits, ins)
 
 
+def _out_type(x: Any, n: int) -> Any:
+    """The traced type of ``x @ W^T`` with ``n`` output features (its last dim replaced)."""
+    t = x.type()
+    try:
+        sizes = t.varyingSizes()
+    except RuntimeError:
+        return t
+    if not sizes:
+        return t
+    return t.with_sizes([*sizes[:-1], n])
+
+
 class _MatMulNBitsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x, B, scales, zero_points, w, K: int, N: int, bits: int, block: int, acc: int):
@@ -138,7 +150,7 @@ class _MatMulNBitsFn(torch.autograd.Function):
             bits_i=bits,
             block_size_i=block,
             accuracy_level_i=acc,
-        ).setType(x.type())
+        ).setType(_out_type(x, N))
 
 
 class NBitsLinear(nn.Module):
@@ -212,7 +224,9 @@ class _DynQuantMatMulFn(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x, Bt, scale, zp, bias, w):
         inputs = [x, Bt, scale, zp] + ([bias] if bias is not None else [])
-        return g.op("com.microsoft::DynamicQuantizeMatMul", *inputs).setType(x.type())
+        n = Bt.type().varyingSizes()[1] if Bt.type().varyingSizes() else None
+        out = g.op("com.microsoft::DynamicQuantizeMatMul", *inputs)
+        return out.setType(_out_type(x, n)) if n is not None else out
 
 
 class DynQuantLinear(nn.Module):
