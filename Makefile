@@ -19,7 +19,7 @@ STAMP := $(VENV)/.modelpress-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev,onnx]"
+	$(PIP) install -q -e ".[dev,onnx,serve]"
 	$(PIP) install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 

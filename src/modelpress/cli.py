@@ -388,6 +388,50 @@ def export(
 
 
 @app.command()
+def serve(
+    artifact: Annotated[
+        Path,
+        typer.Argument(
+            help="An artifact (modelpress compress / save) or an ONNX export (modelpress export)."
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Texts per batch, at most.")] = 16,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", help="A batch closes when its oldest request waited this long.")
+    ] = 10.0,
+    bucketing: Annotated[
+        str, typer.Option("--bucketing", help="Length buckets: adaptive (from recent traffic), none.")
+    ] = "adaptive",
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Queued texts before 503.")] = 256,
+    deadline_s: Annotated[
+        float, typer.Option("--deadline", help="Seconds before a request gets 504.")
+    ] = 10.0,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of the model.")] = None,
+) -> None:
+    """Serve a text classifier over HTTP with dynamic batching (POST /v1/classify; /health, /metrics)."""
+    try:
+        from .serve import BatchPolicy
+        from .serve import serve as run_server
+
+        policy = BatchPolicy(
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_ms / 1e3,
+            bucketing=bucketing,
+            max_queue=max_queue,
+        )
+        console.print(f"serving {artifact} on http://{host}:{port} (POST /v1/classify)", highlight=False)
+        run_server(artifact, host=host, port=port, policy=policy, threads=threads, deadline_s=deadline_s)
+    except (ModelpressError, OSError) as e:
+        raise _fail(e) from None
+    except ImportError as e:
+        raise _fail(f"serving needs the serve extra (pip install 'modelpress[serve]'): {e}") from None
+
+
+@app.command()
 def inspect(artifact: Annotated[Path, typer.Argument(help="An artifact directory.")]) -> None:
     """Show an artifact's recipe, base model, compressed layers and bytes."""
     from . import api

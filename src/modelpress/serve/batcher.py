@@ -1,0 +1,183 @@
+"""The batcher: policy only — when a batch closes and which requests go together.
+
+No I/O, no threads, no clock of its own (the caller passes ``now``), so every rule is
+unit-tested directly:
+
+- **Dynamic batching.** Requests wait in per-bucket queues. A bucket's batch closes when it
+  holds ``max_batch_size`` requests or its oldest request has waited ``max_wait_s``.
+  Among ready buckets the one whose oldest request arrived first goes next, so no request
+  starves: every request is at most ``max_wait_s`` from being ready, then served in order.
+- **Length buckets.** Requests are grouped by token length so a batch pads little:
+  ``none`` (one bucket), ``fixed`` (given boundaries) or ``adaptive``: boundaries are the
+  quantiles of the lengths of the last ``window`` requests, recomputed every
+  ``refresh_every`` arrivals, so they follow the traffic.
+- **A bounded queue**: ``add`` refuses a request when ``max_queue`` are waiting (the app
+  answers 503 with Retry-After); requests past their deadline are dropped from the queue
+  and handed back as expired.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["BatchPolicy", "Batcher", "LengthBuckets", "Request"]
+
+_ids = itertools.count()
+
+
+@dataclasses.dataclass
+class Request:
+    length: int  # tokens (what padding is computed from)
+    arrival: float  # the caller's clock (seconds)
+    payload: Any = None
+    deadline: float | None = None  # same clock; None: none
+    id: int = dataclasses.field(default_factory=lambda: next(_ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 16
+    max_wait_s: float = 0.010
+    max_queue: int = 256
+    bucketing: str = "adaptive"  # none | fixed | adaptive
+    n_buckets: int = 6  # tests/serve/test_batcher.py: padding <= 10 % on the real length mix
+    boundaries: tuple[int, ...] = ()  # for fixed: upper bounds (inclusive) of all but the last bucket
+    window: int = 512  # adaptive: lengths of the last this many requests
+    refresh_every: int = 32  # adaptive: boundaries recomputed every this many arrivals
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
+        if not isinstance(self.max_wait_s, (int, float)) or not 0 <= self.max_wait_s <= 10:
+            raise ConfigError(f"max_wait must be between 0 and 10 s, got {self.max_wait_s!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ConfigError(f"max_queue must be an integer >= 1, got {self.max_queue!r}")
+        if self.bucketing not in ("none", "fixed", "adaptive"):
+            raise ConfigError(f"bucketing must be none, fixed or adaptive, got {self.bucketing!r}")
+        if self.bucketing == "fixed" and list(self.boundaries) != sorted(set(self.boundaries)):
+            raise ConfigError(f"fixed bucket boundaries must increase, got {self.boundaries!r}")
+        if self.n_buckets < 1 or self.window < 1 or self.refresh_every < 1:
+            raise ConfigError("n_buckets, window and refresh_every must be >= 1")
+
+
+class LengthBuckets:
+    """Bucket boundaries: fixed, or the quantiles of the recent lengths."""
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self.recent: collections.deque[int] = collections.deque(maxlen=policy.window)
+        self.boundaries: list[int] = list(policy.boundaries) if policy.bucketing == "fixed" else []
+        self._since_refresh = 0
+
+    def observe(self, length: int) -> None:
+        if self.policy.bucketing != "adaptive":
+            return
+        self.recent.append(length)
+        self._since_refresh += 1
+        if self._since_refresh >= self.policy.refresh_every or not self.boundaries:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Boundaries at the 1/n, 2/n, ... quantiles of the recent lengths (duplicates merged)."""
+        self._since_refresh = 0
+        xs = sorted(self.recent)
+        n = self.policy.n_buckets
+        if not xs or n == 1:
+            self.boundaries = []
+            return
+        cuts = {xs[min(len(xs) - 1, (len(xs) * k) // n)] for k in range(1, n)}
+        self.boundaries = sorted(c for c in cuts if c < xs[-1])
+
+    def bucket(self, length: int) -> int:
+        if self.policy.bucketing == "none":
+            return 0
+        return bisect.bisect_left(self.boundaries, length)
+
+
+class Batcher:
+    """Queues requests and hands out batches by the policy (single-threaded use)."""
+
+    def __init__(self, policy: BatchPolicy | None = None) -> None:
+        self.policy = policy or BatchPolicy()
+        self.buckets = LengthBuckets(self.policy)
+        self.queues: dict[int, collections.deque[Request]] = collections.defaultdict(collections.deque)
+        self.size = 0
+        # counters for /metrics
+        self.rejected = 0
+        self.expired = 0
+        self.batches = 0
+        self.padded_tokens = 0
+        self.real_tokens = 0
+
+    def add(self, req: Request) -> bool:
+        """Queue a request; False (rejected) when the queue is full."""
+        if self.size >= self.policy.max_queue:
+            self.rejected += 1
+            return False
+        self.buckets.observe(req.length)
+        self.queues[self.buckets.bucket(req.length)].append(req)
+        self.size += 1
+        return True
+
+    def drop_expired(self, now: float) -> list[Request]:
+        """Remove and return the queued requests whose deadline has passed."""
+        out = []
+        for q in self.queues.values():
+            keep = [r for r in q if r.deadline is None or r.deadline > now]
+            if len(keep) != len(q):
+                out += [r for r in q if not (r.deadline is None or r.deadline > now)]
+                q.clear()
+                q.extend(keep)
+        self.size -= len(out)
+        self.expired += len(out)
+        return out
+
+    def _ready(self, q: collections.deque[Request], now: float) -> bool:
+        return len(q) >= self.policy.max_batch_size or now - q[0].arrival >= self.policy.max_wait_s
+
+    def next_batch(self, now: float, *, flush: bool = False) -> list[Request]:
+        """The next batch that is ready at ``now`` ([] if none); ``flush``: the oldest
+        bucket's requests whether ready or not (draining at shutdown)."""
+        live = [(q[0].arrival, k) for k, q in self.queues.items() if q and (flush or self._ready(q, now))]
+        if not live:
+            return []
+        _, key = min(live)
+        q = self.queues[key]
+        batch = [q.popleft() for _ in range(min(len(q), self.policy.max_batch_size))]
+        self.size -= len(batch)
+        self.batches += 1
+        width = max(r.length for r in batch)
+        self.real_tokens += sum(r.length for r in batch)
+        self.padded_tokens += width * len(batch) - sum(r.length for r in batch)
+        return batch
+
+    def wait_time(self, now: float) -> float | None:
+        """Seconds until the next batch is ready (0: one is), None with an empty queue."""
+        waits = [
+            0.0
+            if len(q) >= self.policy.max_batch_size
+            else max(0.0, q[0].arrival + self.policy.max_wait_s - now)
+            for q in self.queues.values()
+            if q
+        ]
+        return min(waits) if waits else None
+
+    @property
+    def padding_share(self) -> float:
+        """Pad tokens / all tokens computed, over the batches handed out so far."""
+        total = self.padded_tokens + self.real_tokens
+        return self.padded_tokens / total if total else 0.0
+
+
+def padding_share(lengths: Sequence[Sequence[int]]) -> float:
+    """Pad share of batches given as lists of lengths (for comparisons in tests / benchmarks)."""
+    pad = sum(max(b) * len(b) - sum(b) for b in lengths if b)
+    real = sum(sum(b) for b in lengths)
+    return pad / (pad + real) if pad + real else 0.0
