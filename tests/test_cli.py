@@ -10,7 +10,9 @@ from modelpress.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["bench"], ["compress"], ["eval"], ["inspect"], ["methods"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["bench"], ["compress"], ["eval"], ["inspect"], ["methods"], ["export"], ["serve"]]
+)
 def test_help(cmd):
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
@@ -157,3 +159,10 @@ def test_bad_input_is_one_error_line_and_debug_shows_the_traceback(tmp_path, mon
     assert "cannot write an artifact at /proc/modelpress-x" in msg
     msg = _one_error_line(runner.invoke(app, ["bench", "--model", "models/nope", "--methods", "fp32"]))
     assert "model 'models/nope' not found" in msg
+
+
+def test_serve_bad_options_are_one_error_line(tmp_path):
+    res = runner.invoke(app, ["serve", str(tmp_path / "nope"), "--max-batch-size", "0"])
+    assert res.exit_code == 2 and "max_batch_size must be" in res.output
+    res = runner.invoke(app, ["serve", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "error:" in res.output

@@ -180,7 +180,10 @@ def run_bench(
         compressed = compress(original, recipe, data=adapter, device=eval_device, progress=options.progress)
         compress_s = time.perf_counter() - t0
         method_notes = compression_notes(compressed)  # what a method reported goes into the table notes
-        path = save(compressed, art_dir / label)
+        # the tokenizer goes with each artifact, so a row can be served or exported as it is
+        tok = getattr(adapter, "tokenizer", None)
+        extras = {} if tok is None else {"tokenizer": lambda d, tok=tok: tok.save_pretrained(str(d))}
+        path = save(compressed, art_dir / label, extras=extras)
         del compressed
         gc.collect()
         size = artifact_bytes(path)
@@ -350,6 +353,7 @@ def _ort_rows(
             adapter.example_inputs(2),
             check_inputs=[adapter.example_inputs(2), adapter.example_inputs(8)],
             threads=threads,
+            tokenizer=getattr(adapter, "tokenizer", None),
         )
     except ExportError as e:
         base["method_warnings"] = [*base.get("method_warnings", []), f"no ONNX Runtime row: {e}"]

@@ -65,6 +65,8 @@ class _Metrics:
             "modelpress_batch_size", "Texts per batch run", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
         )
         self.padding = Gauge("modelpress_padding_share", "Pad tokens / all tokens computed", registry=r)
+        self.pad_tokens = Gauge("modelpress_pad_tokens", "Pad tokens computed since the start", registry=r)
+        self.real_tokens = Gauge("modelpress_text_tokens", "Text tokens computed since the start", registry=r)
         self.latency = Histogram(
             "modelpress_request_latency_seconds",
             "Time from arrival to answer",
@@ -167,6 +169,8 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
     @app.get("/metrics")
     async def prom() -> PlainTextResponse:
         metrics.queue.set(batcher.size)
+        metrics.pad_tokens.set(batcher.padded_tokens)
+        metrics.real_tokens.set(batcher.real_tokens)
         return PlainTextResponse(
             generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4"
         )

@@ -1,0 +1,193 @@
+"""Load test of ``modelpress serve``: batch-1 vs dynamic batching vs + adaptive length buckets.
+
+    python benchmarks/serve_load.py ARTIFACT [--rates 10,20,40,80,160] [--seconds 8] [--out DIR]
+
+Each configuration is a real uvicorn server on 127.0.0.1 (one process, the model on the
+kernels chosen for this machine) fed by an open-loop Poisson client: request times are drawn
+in advance at each rate, texts drawn from the Rotten Tomatoes test split (real lengths), every
+request sent at its time whether or not earlier ones were answered. Bounded: ``--seconds``
+of arrivals per rate (at most 4,000 requests), a 10 s client timeout, and a rate sweep that
+stops once a configuration can no longer keep up (throughput < 80 % of the offered rate).
+Prints per rate: throughput, p50 / p95 / p99 latency, padding share, rejects and lost
+(no answer); writes ``serve_load.json`` and ``serve_load.png`` (latency vs throughput).
+
+The headline figure (issue 17): the highest rate a configuration sustains with p95 below the
+batch-1 server's p95 at the batch-1 server's own highest sustained rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelpress.bench.env import cpu_flags, cpu_model
+from modelpress.data.datasets import rotten_tomatoes
+from modelpress.serve import BatchPolicy, ServerThread, build_app
+
+CONFIGS = {
+    "batch-1": BatchPolicy(max_batch_size=1, max_wait_s=0.0, bucketing="none", max_queue=4096),
+    "dynamic": BatchPolicy(max_batch_size=16, max_wait_s=0.010, bucketing="none", max_queue=4096),
+    "dynamic + fixed buckets": BatchPolicy(
+        max_batch_size=16, max_wait_s=0.010, bucketing="fixed", boundaries=(16, 24, 32, 48), max_queue=4096
+    ),
+    "dynamic + adaptive buckets": BatchPolicy(
+        max_batch_size=16, max_wait_s=0.010, bucketing="adaptive", max_queue=4096
+    ),
+}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
+
+
+async def _open_loop(url: str, texts: list[str], rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    while t < seconds and len(times) < 4000:
+        t += rng.expovariate(rate)
+        times.append(t)
+    lat: list[float] = []
+    codes: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
+        start = time.perf_counter()
+
+        async def one(at: float, text: str) -> None:
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/classify", json={"text": text})
+                key = str(r.status_code)
+                if r.status_code == 200:
+                    lat.append(time.perf_counter() - t0)
+            except httpx.HTTPError:
+                key = "lost"
+            codes[key] = codes.get(key, 0) + 1
+
+        await asyncio.gather(*(one(at, rng.choice(texts)) for at in times))
+        wall = time.perf_counter() - start
+    ok = codes.get("200", 0)
+    return {
+        "rate": rate,
+        "sent": len(times),
+        "ok": ok,
+        "throughput": ok / wall,
+        "p50_ms": 1e3 * _pct(lat, 0.50),
+        "p95_ms": 1e3 * _pct(lat, 0.95),
+        "p99_ms": 1e3 * _pct(lat, 0.99),
+        "rejected": codes.get("503", 0),
+        "lost": codes.get("lost", 0) + sum(v for k, v in codes.items() if k not in ("200", "503", "lost")),
+    }
+
+
+def _tokens(url: str) -> tuple[float, float]:
+    """(pad tokens, text tokens) the server computed so far."""
+    vals = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(("modelpress_pad_tokens ", "modelpress_text_tokens ")):
+            k, v = line.split()
+            vals[k] = float(v)
+    return vals.get("modelpress_pad_tokens", 0.0), vals.get("modelpress_text_tokens", 0.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("artifact")
+    ap.add_argument("--rates", default="10,20,40,80,120,160,240")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="results/serve_load")
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    texts = list(rotten_tomatoes(seed=0).test.texts)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, policy in CONFIGS.items():
+        results[name] = []
+        app = build_app(args.artifact, policy=policy, threads=args.threads)
+        with ServerThread(app) as server:
+            asyncio.run(_open_loop(server.url, texts, 20, 1.0, 99))  # warm the connections
+            for i, rate in enumerate(rates):
+                pad0, real0 = _tokens(server.url)
+                r = asyncio.run(_open_loop(server.url, texts, rate, args.seconds, i))
+                pad1, real1 = _tokens(server.url)
+                computed = (pad1 - pad0) + (real1 - real0)
+                r["padding_share"] = (pad1 - pad0) / computed if computed else None
+                results[name].append(r)
+                print(
+                    f"{name:28s} rate {rate:6.0f}/s: {r['throughput']:6.1f}/s, p50 {r['p50_ms']:7.1f} ms, "
+                    f"p95 {r['p95_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, rejected {r['rejected']}, "
+                    f"lost {r['lost']}, "
+                    f"padding {r['padding_share'] if r['padding_share'] is not None else float('nan'):.3f}",
+                    flush=True,
+                )
+                if r["throughput"] < 0.8 * rate:
+                    break
+
+    def sustained(rows: list[dict[str, Any]], p95_limit: float | None = None) -> dict[str, Any] | None:
+        ok = [
+            r
+            for r in rows
+            if r["throughput"] >= 0.9 * r["rate"]
+            and r["lost"] == 0
+            and (p95_limit is None or r["p95_ms"] <= p95_limit)
+        ]
+        return max(ok, key=lambda r: r["throughput"]) if ok else None
+
+    base = sustained(results["batch-1"])
+    print(
+        f"\nCPU: {cpu_model()} ({', '.join(cpu_flags())}); {args.threads} threads; artifact {args.artifact}"
+    )
+    if base:
+        print(f"batch-1: highest sustained {base['throughput']:.1f}/s at p95 {base['p95_ms']:.1f} ms")
+        print(
+            "\n| configuration | highest sustained rate with p95 <= batch-1's | vs batch-1 | p95 ms "
+            "| padding share |"
+        )
+        print("|---|---|---|---|---|")
+        for name, rows in results.items():
+            best = sustained(rows, base["p95_ms"])
+            if best:
+                print(
+                    f"| {name} | {best['throughput']:.1f}/s | "
+                    f"{best['throughput'] / base['throughput']:.2f}x | {best['p95_ms']:.1f} | "
+                    f"{best['padding_share']:.3f} |"
+                )
+            else:
+                print(f"| {name} | - | - | - | - |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_load.json").write_text(json.dumps({"cpu": cpu_model(), "results": results}, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, rows in results.items():
+            ax.plot([r["throughput"] for r in rows], [r["p95_ms"] for r in rows], marker="o", label=name)
+        ax.set_xlabel("throughput (requests/s)")
+        ax.set_ylabel("p95 latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "serve_load.png", dpi=110)
+    except ImportError:
+        pass
+    print(f"wrote {out / 'serve_load.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
