@@ -100,7 +100,7 @@ def case_key(op: str, fmt: CompressedTensor, x: torch.Tensor, ks: list[Kernel]) 
             str(x.dtype).removeprefix("torch."),
             x.device.type,
             f"threads={torch.get_num_threads()}",
-            ",".join(sorted(k.name for k in ks)),
+            ",".join(sorted(f"{k.name}@{k.tolerance:g}" for k in ks)),  # a changed tolerance: timed again
         ]
     )
 

@@ -40,6 +40,7 @@ from ..formats.base import CompressedTensor
 from ..machine import has_vnni
 from ..primitives.quant import qrange
 from .dispatch import Kernel, register_kernel
+from .int8 import REQUANT_TOLERANCE
 from .int8 import _plain_int8 as _int8_per_channel
 
 __all__: list[str] = []
@@ -274,7 +275,7 @@ if _has_op("quantized", "linear_dynamic") and _has_op("quantized", "linear_prepa
             prepare=_requant_prepare,
             supports=_requant_ok,
             priority=8,
-            tolerance=0.05,
+            tolerance=REQUANT_TOLERANCE,
         )
     )
 if _has_op("aten", "_weight_int8pack_mm"):
