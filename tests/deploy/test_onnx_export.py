@@ -229,3 +229,24 @@ def test_structured_and_distilled_models_export_and_match(tmp_path, tiny_bert_di
     )
     r = export_onnx(model, tmp_path / "e", task.example_inputs(2), check_inputs=[task.example_inputs(8)])
     assert r.check["rel_error"] < 1e-4 and r.check["top1_agreement"] == 1.0
+
+
+def test_int8_layers_as_8bit_matmulnbits_and_the_auto_fallback(tmp_path, tiny_llama):
+    model = mp.compress(tiny_llama, "int8-dynamic")
+    feed = _ids(tiny_llama.config.vocab_size)
+    r = export_onnx(model, tmp_path / "n", feed, int8_form="nbits")
+    ops = {p.op for p in r.modules}
+    assert (
+        ops == {"MatMulNBits (8-bit)", "Gather (n-bit)"} and r.check["rel_error"] < 0.02
+    )  # tied head: one B
+    dyn = export_onnx(model, tmp_path / "d", feed, int8_form="dynamic")
+    assert dyn.check["rel_error"] > r.check["rel_error"]  # per tensor vs per block of each row
+    # auto: DynamicQuantizeMatMul first; where it does not match, 8-bit MatMulNBits, said in export.json
+    tol = (r.check["rel_error"] + dyn.check["rel_error"]) / 2
+    auto = export_onnx(model, tmp_path / "a", feed, tolerance=tol)
+    assert (
+        "MatMulNBits (8-bit)" in {p.op for p in auto.modules}
+        and "DynamicQuantizeMatMul did not match" in (tmp_path / "a" / "export.json").read_text()
+    )
+    with pytest.raises(mp.ConfigError, match="int8_form"):
+        export_onnx(model, tmp_path / "x", feed, int8_form="fast")

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .onnx import ExportError, ExportReport, export_onnx, plan, read_export
+from .onnx import ExportError, ExportMismatch, ExportReport, export_onnx, plan, read_export
 from .runtime import OnnxModel, load_onnx
 
 __all__ = [
     "ExportError",
+    "ExportMismatch",
     "ExportReport",
     "OnnxModel",
     "export",

@@ -44,11 +44,16 @@ EXPORT_FILE = "export.json"
 EXPORT_FORMAT = "modelpress-onnx"
 EXPORT_VERSION = 1
 DEFAULT_OPSET = 18  # BitwiseAnd (n-bit embeddings) needs 18
+NBITS8 = "MatMulNBits (8-bit)"
 EXPORT_ENTRIES = frozenset({ONNX_FILE, EXPORT_FILE, "tokenizer", "model.onnx.data"})
 
 
 class ExportError(ModelpressError):
     """The model cannot be exported, or its export does not match it."""
+
+
+class ExportMismatch(ExportError):
+    """The exported model ran, but its outputs differ from the torch model's beyond the tolerance."""
 
 
 @dataclasses.dataclass
@@ -125,11 +130,24 @@ def _standins(model: nn.Module, planned: list[ops.Planned], accuracy_level: int)
                 new = ops.decoded_standin(m)
             elif isinstance(m, Int8StaticLinear):
                 new = ops.StaticQuantLinear(m, m.weight.decode(torch.float32))
+            elif isinstance(m, (Int8DynamicLinear, Int8SmoothLinear)) and p.op == NBITS8:
+                # int8 weights as 8-bit MatMulNBits: ONNX Runtime quantizes the activations per
+                # block of the row (accuracy level 4), not per tensor
+                fmt = m.weight
+                t = nbits.setdefault(id(fmt), ops.nbits_tensors(fmt))
+                smooth = m.smooth if isinstance(m, Int8SmoothLinear) else None
+                if smooth is not None:
+                    t = dataclasses.replace(t, in_scale=smooth.float())
+                w = fmt.decode(torch.float32) / (1 if smooth is None else smooth.float())
+                new = ops.NBitsLinear(t, m.bias, w, max(accuracy_level, 4))
             elif isinstance(m, (Int8DynamicLinear, Int8SmoothLinear)):
                 fmt = m.weight
                 bt = int8_t.setdefault(id(fmt), fmt.qdata.to(torch.int8).t().contiguous())
                 smooth = m.smooth if isinstance(m, Int8SmoothLinear) else None
                 new = ops.DynQuantLinear(bt, fmt.scale, m.bias, fmt.decode(torch.float32), smooth)
+            elif isinstance(m, Int8Embedding) and p.op == "Gather (n-bit)":  # a tied 8-bit MatMulNBits head
+                t = nbits.setdefault(id(m.weight), ops.nbits_tensors(m.weight))
+                new = ops.NBitsEmbedding(t, m.padding_idx)
             elif isinstance(m, Int8Embedding):
                 fmt = m.weight
                 if id(fmt) in tied:
@@ -259,7 +277,7 @@ def _check(
     worst["top1_agreement"] = agree_n / max(1, agree_d)
     worst["inputs"] = [{k: list(v.shape) for k, v in f.items()} for f in inputs]
     if not worst["rel_error"] <= tolerance:
-        raise ExportError(
+        raise ExportMismatch(
             f"the ONNX export does not match the model: relative error {worst['rel_error']:.3g} of the "
             f"logits in ONNX Runtime (tolerance {tolerance:.3g}; max abs diff "
             f"{worst['max_abs_diff']:.3g}, top-1 agreement {100 * worst['top1_agreement']:.2f}%); "
@@ -280,6 +298,7 @@ def default_tolerance(
         return 0.1  # one scale for the whole input: MiniLM int8-dynamic measured 0.057
     approx = any(p.op == "QuantizeLinear + MatMulIntegerToFloat" for p in planned)
     approx = approx or (accuracy_level >= 2 and any(p.op == "MatMulNBits" for p in planned))
+    approx = approx or any(p.op == NBITS8 for p in planned)
     if approx or cast == torch.bfloat16:
         return 0.05
     return 0.01 if cast == torch.float16 else 1e-4
@@ -332,6 +351,59 @@ def export_onnx(
     out_dir: str | os.PathLike,
     inputs: dict[str, torch.Tensor],
     *,
+    int8_form: str = "auto",
+    metadata: dict[str, Any] | None = None,
+    **kw: Any,
+) -> ExportReport:
+    """Export ``model`` (a torch model, plain or compressed by modelpress) to ONNX.
+
+    ``inputs``: one batch of the model's keyword inputs (e.g. ``input_ids`` and
+    ``attention_mask``), which fixes the input names; batch and sequence axes stay dynamic.
+    Keywords: ``check_inputs`` (batches to compare ONNX Runtime with torch on; default
+    ``inputs``), ``opset`` (18..20), ``allow_decoded`` (export formats ONNX cannot hold as
+    decoded float32 weights, listed in the report, instead of refusing), ``accuracy_level``
+    (MatMulNBits' compute: 0 float, as modelpress's reference; 4 int8 activations per
+    block, ONNX Runtime's fast CPU path), ``tolerance`` (see ``default_tolerance``),
+    ``tokenizer``, ``threads``, ``constant_folding`` (None: unless the model ties weights,
+    which folding would write twice), ``extra_check`` (called with the ONNX model, an
+    ``OnnxModel``, before it is kept: what it returns goes into ``export.json`` as
+    ``check.task``; an ``ExportError`` it raises stops the export).
+
+    ``int8_form``: how W8A8 dynamic layers (int8-dynamic, SmoothQuant) are written —
+    ``dynamic``: ONNX Runtime's DynamicQuantizeMatMul (one activation scale per input
+    tensor, its fastest int8 path); ``nbits``: 8-bit MatMulNBits (activations quantized per
+    block of each row); ``auto``: dynamic, and nbits where dynamic does not match the model
+    (LLMs with outlier activations: SmolLM2 measured a relative error of 0.58).
+
+    Raises ``ExportError`` when a module has no ONNX form or the export does not match.
+    """
+    if int8_form not in ("auto", "dynamic", "nbits"):
+        raise ConfigError(f"int8_form must be auto, dynamic or nbits, got {int8_form!r}")
+    if int8_form != "auto" or not any(p.op == "DynamicQuantizeMatMul" for p in plan(model)):
+        form = "dynamic" if int8_form == "auto" else int8_form
+        return _export_onnx(model, out_dir, inputs, int8_form=form, metadata=metadata, **kw)
+    try:
+        return _export_onnx(model, out_dir, inputs, int8_form="dynamic", metadata=metadata, **kw)
+    except ExportMismatch as e:
+        why = str(e).removesuffix("; nothing was written")
+        note = f"DynamicQuantizeMatMul did not match ({why}); the int8 layers are 8-bit MatMulNBits"
+        report = _export_onnx(
+            model,
+            out_dir,
+            inputs,
+            int8_form="nbits",
+            metadata={**(metadata or {}), "int8_fallback": note},
+            **kw,
+        )
+        report.check["int8_fallback"] = note
+        return report
+
+
+def _export_onnx(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    inputs: dict[str, torch.Tensor],
+    *,
     check_inputs: list[dict[str, torch.Tensor]] | None = None,
     opset: int = DEFAULT_OPSET,
     allow_decoded: bool = False,
@@ -342,6 +414,7 @@ def export_onnx(
     threads: int | None = None,
     extra_check: Callable[[Any], dict[str, Any]] | None = None,
     constant_folding: bool | None = None,
+    int8_form: str = "dynamic",
 ) -> ExportReport:
     """Export ``model`` (a torch model, plain or compressed by modelpress) to ONNX.
 
@@ -374,6 +447,13 @@ def export_onnx(
     target = Path(os.path.abspath(out_dir))
     _check_target(target)
     planned = plan(model)
+    if int8_form == "nbits":
+        tied = _head_sharing(model)
+        for p in planned:
+            if p.op == "DynamicQuantizeMatMul":
+                p.op = NBITS8
+            elif p.op == "Gather (int8) x scale" and id(model.get_submodule(p.name).weight) in tied:
+                p.op = "Gather (n-bit)"
     refused = [p for p in planned if p.op == "refused"]
     if refused and not allow_decoded:
         first = refused[0]
