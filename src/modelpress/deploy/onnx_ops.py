@@ -36,12 +36,12 @@ NBITS = (2, 4, 8)  # MatMulNBits' bit widths (ONNX Runtime CPU)
 MAX_BLOCK = 256
 
 
-def nbits_block(fmt: AffineQuantized) -> int | None:
+def nbits_block(fmt: AffineQuantized, max_block: int = MAX_BLOCK) -> int | None:
     """The MatMulNBits block size for a format's groups: the largest power of two in
     16..256 that divides the group (per-channel: the row); None where there is none. A
     block smaller than the group repeats the group's scale and zero point (exact)."""
     g = fmt.group_size or int(fmt.shape[1])
-    block = MAX_BLOCK
+    block = max_block
     while block >= 16:
         if g % block == 0:
             return block
@@ -91,9 +91,11 @@ class NBitsTensors:
         return int(self.B.shape[1])
 
 
-def nbits_tensors(fmt: AffineQuantized) -> NBitsTensors:
-    """MatMulNBits tensors holding exactly ``fmt``'s integers, scales and zero points."""
-    block = nbits_block(fmt)
+def nbits_tensors(fmt: AffineQuantized, max_block: int = MAX_BLOCK) -> NBitsTensors:
+    """MatMulNBits tensors holding exactly ``fmt``'s integers, scales and zero points
+    (blocks of at most ``max_block``: at accuracy level 4 ONNX Runtime quantizes the
+    activations per block, so smaller blocks are more precise and store more scales)."""
+    block = nbits_block(fmt, max_block)
     if fmt.bits not in NBITS or block is None:
         raise ValueError(f"{fmt.bits}-bit groups of {fmt.group_size} have no MatMulNBits form")
     n, k = (int(d) for d in fmt.shape)
