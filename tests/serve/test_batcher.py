@@ -60,30 +60,60 @@ def test_adaptive_boundaries_follow_the_traffic():
     assert lb.bucket(1) == 0 and lb.bucket(1000) == 3
 
 
-def _serve_lengths(policy: BatchPolicy, lengths: list[int], rate: float) -> float:
-    b = Batcher(policy)
-    t = 0.0
-    for n in lengths:  # requests arriving one by one at ``rate``, batches taken as they close
-        t += 1 / rate
-        b.add(Request(n, t))
-        while b.next_batch(t):
-            pass
-    while b.next_batch(t + 1, flush=True):
-        pass
-    return b.padding_share
+def busy_server(policy, lengths, rate, c0=0.002, c1=2e-5, seed=0):
+    """Poisson arrivals at ``rate``; one server that takes the next ready batch when free and
+    spends c0 + c1 x tokens computed on it. Returns (padding share, p95 latency s)."""
+    b, rng = Batcher(policy), random.Random(seed)
+    arrivals, t = [], 0.0
+    for n in lengths:
+        t += rng.expovariate(rate)
+        arrivals.append((t, n))
+    i, now, lat = 0, 0.0, []
+    while len(lat) < len(arrivals):
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            b.add(Request(arrivals[i][1], arrivals[i][0]))
+            i += 1
+        batch = b.next_batch(now, flush=i >= len(arrivals))
+        if batch:
+            now += c0 + c1 * max(r.length for r in batch) * len(batch)
+            lat += [now - r.arrival for r in batch]
+            continue
+        wait = b.wait_time(now)
+        nxt = [
+            x
+            for x in (arrivals[i][0] if i < len(arrivals) else None, None if wait is None else now + wait)
+            if x is not None
+        ]
+        now = max(min(nxt), now + 1e-6)
+    lat.sort()
+    return b.padding_share, lat[int(0.95 * (len(lat) - 1))]
 
 
-def test_adaptive_pads_less_than_fixed_and_none_on_a_real_length_mix():
+def test_buckets_pad_less_under_load_and_cost_nothing_below_it():
     from modelpress.data.datasets import rotten_tomatoes
 
-    texts = rotten_tomatoes(seed=0).test.texts[:1200]
-    lengths = [len(t.split()) + 2 for t in texts]  # word counts: the length mix of the real data
-    kw = {"max_batch_size": 16, "max_wait_s": 0.02, "max_queue": 5000}
-    none = _serve_lengths(BatchPolicy(bucketing="none", **kw), lengths, 400)
-    fixed = _serve_lengths(BatchPolicy(bucketing="fixed", boundaries=(16, 32, 48), **kw), lengths, 400)
-    adaptive4 = _serve_lengths(BatchPolicy(bucketing="adaptive", n_buckets=4, **kw), lengths, 400)
-    assert adaptive4 < fixed < none  # the same four buckets, boundaries from the traffic
-    assert _serve_lengths(BatchPolicy(**kw), lengths, 400) <= 0.10  # the default (6 buckets)
+    lengths = [len(t.split()) + 2 for t in rotten_tomatoes(seed=0).test.texts[:1200]]  # the real length mix
+    kw = {"max_batch_size": 16, "max_wait_s": 0.01, "max_queue": 10_000}
+    policies = {
+        "none": BatchPolicy(bucketing="none", **kw),
+        "fixed": BatchPolicy(bucketing="fixed", boundaries=(16, 24, 32, 48), **kw),
+        "adaptive": BatchPolicy(bucketing="adaptive", **kw),
+    }
+    heavy = {k: busy_server(p, lengths, 1500) for k, p in policies.items()}
+    assert heavy["adaptive"][0] < heavy["fixed"][0] < heavy["none"][0]  # padding share
+    assert heavy["adaptive"][1] < 0.5 * heavy["none"][1]  # p95: less padding, more capacity
+    light = {k: busy_server(p, lengths, 200) for k, p in policies.items()}
+    assert light["adaptive"] == light["none"]  # batches topped up: no smaller batches, no extra wait
+
+
+def test_a_short_bucket_is_topped_up_with_the_nearest_lengths():
+    b = Batcher(
+        BatchPolicy(max_batch_size=4, max_wait_s=0.01, bucketing="fixed", boundaries=(10, 20), max_queue=100)
+    )
+    for n, t in ((5, 0.0), (15, 0.001), (30, 0.002), (16, 0.003)):
+        b.add(Request(n, t))
+    batch = b.next_batch(0.0105)
+    assert [r.length for r in batch] == [5, 15, 16, 30]  # bucket 0, then bucket 1, then bucket 2
 
 
 def test_no_request_starves():

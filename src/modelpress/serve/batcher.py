@@ -7,7 +7,9 @@ unit-tested directly:
   holds ``max_batch_size`` requests or its oldest request has waited ``max_wait_s``.
   Among ready buckets the one whose oldest request arrived first goes next, so no request
   starves: every request is at most ``max_wait_s`` from being ready, then served in order.
-- **Length buckets.** Requests are grouped by token length so a batch pads little:
+- **Length buckets.** Requests are grouped by token length so a batch pads little (a
+  batch short of the maximum is topped up from the nearest buckets, so buckets never
+  make batches smaller than the queue allows):
   ``none`` (one bucket), ``fixed`` (given boundaries) or ``adaptive``: boundaries are the
   quantiles of the lengths of the last ``window`` requests, recomputed every
   ``refresh_every`` arrivals, so they follow the traffic.
@@ -45,7 +47,7 @@ class BatchPolicy:
     max_wait_s: float = 0.010
     max_queue: int = 256
     bucketing: str = "adaptive"  # none | fixed | adaptive
-    n_buckets: int = 6  # tests/serve/test_batcher.py: padding <= 10 % on the real length mix
+    n_buckets: int = 6
     boundaries: tuple[int, ...] = ()  # for fixed: upper bounds (inclusive) of all but the last bucket
     window: int = 512  # adaptive: lengths of the last this many requests
     refresh_every: int = 32  # adaptive: boundaries recomputed every this many arrivals
@@ -144,13 +146,30 @@ class Batcher:
 
     def next_batch(self, now: float, *, flush: bool = False) -> list[Request]:
         """The next batch that is ready at ``now`` ([] if none); ``flush``: the oldest
-        bucket's requests whether ready or not (draining at shutdown)."""
-        live = [(q[0].arrival, k) for k, q in self.queues.items() if q and (flush or self._ready(q, now))]
+        bucket's requests whether ready or not (draining at shutdown).
+
+        A bucket is ready when it is full or its oldest request waited ``max_wait_s``; and
+        when the whole queue could fill a batch, the bucket of the oldest request is. A
+        batch short of ``max_batch_size`` is topped up from the nearest buckets (nearest
+        lengths first, oldest first): buckets order who goes with whom, they never make a
+        batch smaller than the queue allows (measured: splitting the queue into buckets
+        without top-up lost half the throughput of plain dynamic batching)."""
+        enough = self.size >= self.policy.max_batch_size
+        heads = [(q[0].arrival, k) for k, q in self.queues.items() if q]
+        live = [(a, k) for a, k in heads if flush or enough or self._ready(self.queues[k], now)]
         if not live:
             return []
         _, key = min(live)
         q = self.queues[key]
         batch = [q.popleft() for _ in range(min(len(q), self.policy.max_batch_size))]
+        for other in sorted(
+            (k for k, q2 in self.queues.items() if q2 and k != key), key=lambda k: (abs(k - key), k)
+        ):
+            q2 = self.queues[other]
+            while q2 and len(batch) < self.policy.max_batch_size:
+                batch.append(q2.popleft())
+            if len(batch) >= self.policy.max_batch_size:
+                break
         self.size -= len(batch)
         self.batches += 1
         width = max(r.length for r in batch)
@@ -160,6 +179,8 @@ class Batcher:
 
     def wait_time(self, now: float) -> float | None:
         """Seconds until the next batch is ready (0: one is), None with an empty queue."""
+        if self.size >= self.policy.max_batch_size:
+            return 0.0
         waits = [
             0.0
             if len(q) >= self.policy.max_batch_size
