@@ -302,27 +302,36 @@ def _is_artifact(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
 
 
-def _check_target(path: Path) -> None:
-    """``save`` writes into a new or empty directory, or replaces a modelpress artifact
-    that holds nothing else; anything else is refused, never deleted."""
+def check_directory_target(
+    path: Path, *, kind: str, is_ours: typing.Callable[[Path], bool], entries: typing.Collection[str]
+) -> None:
+    """A directory modelpress may write a ``kind`` (artifact, ONNX export) into: new,
+    empty, or one of ours (``is_ours``) holding only ``entries``; anything else is refused
+    with one ``ModelpressError``, never deleted."""
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not path.is_dir():
-        raise ModelpressError(f"refusing to write an artifact at {path}: it exists and is not a directory")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
+        raise ModelpressError(f"refusing to write an {kind} at {path}: it exists and is not a directory")
+    names = sorted(p.name for p in path.iterdir())
+    if not names:
         return
-    if not _is_artifact(path):
+    if not is_ours(path):
         raise ModelpressError(
-            f"refusing to overwrite {path}: it is not empty and not a modelpress artifact "
-            f"(holds {', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}); choose another directory"
+            f"refusing to overwrite {path}: it is not empty and not a modelpress {kind} "
+            f"(holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); choose another directory"
         )
-    foreign = [e for e in entries if e not in ARTIFACT_ENTRIES]
+    foreign = [e for e in names if e not in entries]
     if foreign:
         raise ModelpressError(
-            f"refusing to overwrite the artifact at {path}: it also holds files modelpress did not "
+            f"refusing to overwrite the {kind} at {path}: it also holds files modelpress did not "
             f"write ({', '.join(foreign[:5])}); move them away or choose another directory"
         )
+
+
+def _check_target(path: Path) -> None:
+    """``save`` writes into a new or empty directory, or replaces a modelpress artifact
+    that holds nothing else; anything else is refused, never deleted."""
+    check_directory_target(path, kind="artifact", is_ours=_is_artifact, entries=ARTIFACT_ENTRIES)
 
 
 def _pid_alive(pid: int) -> bool:

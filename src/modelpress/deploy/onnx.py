@@ -308,29 +308,18 @@ def default_tolerance(
     return 0.01 if cast == torch.float16 else 1e-4
 
 
-def _check_target(path: Path) -> None:
-    if not path.exists():
-        return
-    if path.is_symlink() or not path.is_dir():
-        raise ModelpressError(f"refusing to write an export at {path}: it exists and is not a directory")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
-        return
+def _is_export(path: Path) -> bool:
     try:
         meta = json.loads((path / EXPORT_FILE).read_text())
     except (OSError, ValueError):
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise ModelpressError(
-            f"refusing to overwrite {path}: it is not empty and not a modelpress ONNX export "
-            f"(holds {', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}); choose another directory"
-        )
-    foreign = [e for e in entries if e not in EXPORT_ENTRIES]
-    if foreign:
-        raise ModelpressError(
-            f"refusing to overwrite the export at {path}: it also holds files modelpress did not write "
-            f"({', '.join(foreign[:5])}); move them away or choose another directory"
-        )
+        return False
+    return isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT
+
+
+def _check_target(path: Path) -> None:
+    from ..api import check_directory_target
+
+    check_directory_target(path, kind="ONNX export", is_ours=_is_export, entries=EXPORT_ENTRIES)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
