@@ -17,7 +17,9 @@ def llama_task(tiny_llama_dir):
     return CausalLMTask(local_source(str(tiny_llama_dir)), political_speeches(), eval_tokens=512, window=128)
 
 
-def test_gptq_on_llama_blocks_saves_and_loads(tmp_path, llama_task):
+def test_gptq_on_llama_blocks_saves_and_loads(tmp_path, llama_task, monkeypatch):
+    # the quantizations are compared, not the kernels a timing run happens to choose
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference,embedding=reference")
     original = llama_task.load_original()
     cfg = GPTQConfig(bits=3, group_size=32, n_samples=8, batch_size=4)
     model = mp.compress(llama_task.load_original(), cfg, data=llama_task, progress=False)
@@ -43,7 +45,8 @@ def test_gptq_on_llama_blocks_saves_and_loads(tmp_path, llama_task):
     assert [c.name for c in mp.recipe_of(model)] == ["gptq"]
 
 
-def test_gptq_on_bert_blocks_and_head(tmp_path, tiny_bert_dir, small_splits):
+def test_gptq_on_bert_blocks_and_head(tmp_path, tiny_bert_dir, small_splits, monkeypatch):
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference,embedding=reference")
     task = TextClassificationTask(local_source(str(tiny_bert_dir)), small_splits, seq_len=16)
     original = task.load_original()
     cfg = GPTQConfig(bits=4, group_size=16, n_samples=8, batch_size=4, embeddings=False, act_order=False)
