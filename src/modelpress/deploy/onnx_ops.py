@@ -30,7 +30,6 @@ from ..formats.affine import AffineQuantized
 from ..formats.base import CompressedTensor
 from ..nn.decoded import DecodedEmbedding, DecodedLinear
 from ..nn.int8 import Int8DynamicLinear, Int8Embedding, Int8SmoothLinear, Int8StaticLinear
-from ..primitives.quant import qrange
 
 NBITS = (2, 4, 8)  # MatMulNBits' bit widths (ONNX Runtime CPU)
 MAX_BLOCK = 256
@@ -421,8 +420,3 @@ class _DecodedConvStandin(nn.Module):
         pad = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
         fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[self.w.dim()]
         return fn(x, self.w, self.b, tuple(c["stride"]), pad, tuple(c["dilation"]), c["groups"])
-
-
-def int8_symmetric_range_ok(fmt: AffineQuantized) -> bool:
-    lo, _ = qrange(8, True)
-    return bool(fmt.qdata.dtype == torch.int8 and int(fmt.qdata.min()) >= lo)
