@@ -7,7 +7,11 @@ MiniLM (the default model, fine-tuned; cached by ``modelpress bench``): modelpre
 export`` (MatMulNBits at accuracy levels 0 and 4) and the fp32 export quantized by
 ``onnxruntime.quantization.quantize_dynamic`` (its defaults, QInt8), timed round-robin
 (every contender once per round, median of the rounds) at batch 1 and 32 x 64 tokens next
-to torch fp32 eager; plus each export's size and test accuracy. Prints a markdown table.
+to torch fp32 eager; plus each export's size and test accuracy. ``int8-dynamic`` is also
+exported with each DynamicQuantizeMatMul weight type forced (int8, and the same integers as
+uint8 with zero point 128), next to ``quantize_dynamic`` with QUInt8 weights: on CPUs
+without VNNI ONNX Runtime's u8 x s8 path sums pairs in saturating int16. Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ def main() -> int:
             str(work / "fp32-onnx" / "model.onnx"), str(q / "model.onnx"), weight_type=QuantType.QInt8
         )
         contenders["ORT quantize_dynamic (QInt8)"] = OnnxModel(q, threads=args.threads)
+        qu = work / "ortq-u8"
+        shutil.copytree(work / "fp32-onnx", qu)
+        quantize_dynamic(
+            str(work / "fp32-onnx" / "model.onnx"), str(qu / "model.onnx"), weight_type=QuantType.QUInt8
+        )
+        contenders["ORT quantize_dynamic (QUInt8)"] = OnnxModel(qu, threads=args.threads)
         for method, levels in (("int8-dynamic", (4,)), ("int4-g128", (0, 4)), ("gptq-4bit", (4,))):
             art = mp.save(mp.compress(original, method, data=task, progress=False), work / method)
             model = mp.load(art)
@@ -71,8 +81,16 @@ def main() -> int:
                     f", accuracy level {level})" if "int4" in method or "gptq" in method else ")"
                 )
                 out = work / f"{method}-onnx-{level}"
-                export_onnx(model, out, inp, check_inputs=checks, accuracy_level=level)
+                r = export_onnx(model, out, inp, check_inputs=checks, accuracy_level=level)
+                if "int8_fallback" in r.check:
+                    name += f" [{r.check['int8_fallback'].rpartition('written as ')[2]}]"
                 contenders[name] = OnnxModel(out, threads=args.threads)
+            if method == "int8-dynamic":  # both DynamicQuantizeMatMul weight types, forced
+                for form in ("dynamic", "dynamic-u8"):
+                    out = work / f"{method}-onnx-{form}"
+                    export_onnx(model, out, inp, check_inputs=checks, int8_form=form, tolerance=1.0)
+                    key = f"ORT {method} (export, int8_form={form})"
+                    contenders[key] = OnnxModel(out, threads=args.threads)
         for name, m in contenders.items():
             if isinstance(m, OnnxModel):
                 sizes[name] = (m.path / "model.onnx").stat().st_size

@@ -9,7 +9,9 @@ import torch
 import modelpress as mp
 from modelpress import kernels
 from modelpress.deploy import ExportError, OnnxModel, export_onnx, plan
+from modelpress.deploy.onnx import auto_int8_forms
 from modelpress.errors import ArtifactError, ModelpressError
+from modelpress.machine import has_vnni
 from modelpress.methods.quantization import WeightOnlyConfig
 from modelpress.models.lenet import LeNet5, LeNet300100
 
@@ -240,13 +242,32 @@ def test_int8_layers_as_8bit_matmulnbits_and_the_auto_fallback(tmp_path, tiny_ll
         ops == {"MatMulNBits (8-bit)", "Gather (n-bit)"} and r.check["rel_error"] < 0.02
     )  # tied head: one B
     dyn = export_onnx(model, tmp_path / "d", feed, int8_form="dynamic")
+    u8 = export_onnx(model, tmp_path / "u", feed, int8_form="dynamic-u8")
     assert dyn.check["rel_error"] > r.check["rel_error"]  # per tensor vs per block of each row
-    # auto: DynamicQuantizeMatMul first; where it does not match, 8-bit MatMulNBits, said in export.json
-    tol = (r.check["rel_error"] + dyn.check["rel_error"]) / 2
+    # the same integers as uint8 (zero point 128): never worse than int8 weights (no u8 x s8
+    # int16 saturation, which ONNX Runtime has on CPUs without VNNI), the same size
+    assert u8.check["rel_error"] <= 1.05 * dyn.check["rel_error"] + 1e-6
+    assert abs(u8.onnx_bytes - dyn.onnx_bytes) < 0.01 * dyn.onnx_bytes
+    import onnx
+
+    b_types = {
+        t.data_type for t in onnx.load(str(tmp_path / "u" / "model.onnx")).graph.initializer if t.name
+    }
+    assert onnx.TensorProto.UINT8 in b_types
+    # auto: DynamicQuantizeMatMul (int8, then uint8 weights) first; where neither matches,
+    # 8-bit MatMulNBits, said in export.json
+    tol = (r.check["rel_error"] + min(dyn.check["rel_error"], u8.check["rel_error"])) / 2
     auto = export_onnx(model, tmp_path / "a", feed, tolerance=tol)
-    assert (
-        "MatMulNBits (8-bit)" in {p.op for p in auto.modules}
-        and "DynamicQuantizeMatMul did not match" in (tmp_path / "a" / "export.json").read_text()
-    )
+    note = json.loads((tmp_path / "a" / "export.json").read_text())["int8_fallback"]
+    assert "MatMulNBits (8-bit)" in {p.op for p in auto.modules}
+    assert "DynamicQuantizeMatMul did not match" in note and "(uint8 weights) did not match" in note
+    # where both match, auto writes the first form of this CPU's order (uint8 weights first
+    # without VNNI), with no fallback said
+    tol = 1.01 * max(dyn.check["rel_error"], u8.check["rel_error"])
+    auto = export_onnx(model, tmp_path / "a2", feed, tolerance=tol)
+    first = auto_int8_forms()[0]
+    assert first == ("dynamic" if has_vnni() else "dynamic-u8") and "int8_fallback" not in auto.check
+    b = {t.data_type for t in onnx.load(str(tmp_path / "a2" / "model.onnx")).graph.initializer}
+    assert (onnx.TensorProto.UINT8 in b) == (first == "dynamic-u8")
     with pytest.raises(mp.ConfigError, match="int8_form"):
         export_onnx(model, tmp_path / "x", feed, int8_form="fast")

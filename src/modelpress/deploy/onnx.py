@@ -28,6 +28,8 @@ from torch import nn
 
 from .. import kernels
 from ..errors import ArtifactError, ConfigError, ModelpressError, SaveError
+from ..formats.affine import AffineQuantized
+from ..machine import has_vnni
 from . import onnx_ops as ops
 
 __all__ = [
@@ -54,6 +56,15 @@ EXPORT_ENTRIES = frozenset({ONNX_FILE, EXPORT_FILE, "tokenizer", "model.onnx.dat
 
 class ExportError(ModelpressError):
     """The model cannot be exported, or its export does not match it."""
+
+
+#: ``export_onnx``'s ``int8_form`` values, and what each writes
+INT8_FORMS = ("auto", "dynamic", "dynamic-u8", "nbits")
+INT8_FORM_NAMES = {
+    "dynamic": "DynamicQuantizeMatMul",
+    "dynamic-u8": "DynamicQuantizeMatMul (uint8 weights)",
+    "nbits": "8-bit MatMulNBits",
+}
 
 
 class ExportMismatch(ExportError):
@@ -117,15 +128,25 @@ def _head_sharing(model: nn.Module) -> dict[int, str]:
     }
 
 
+def _int8_table(fmt: Any, u8: bool) -> torch.Tensor:
+    """A W8A8 weight's integers as DynamicQuantizeMatMul's ``(K, N)`` B: int8, or shifted by
+    128 to uint8 (the same integers with zero point 128)."""
+    bt = fmt.qdata.to(torch.int8).t().contiguous()
+    return (bt.to(torch.int16) + 128).to(torch.uint8) if u8 else bt
+
+
 @contextlib.contextmanager
-def _standins(model: nn.Module, planned: list[ops.Planned], accuracy_level: int) -> Iterator[None]:
-    """Swap every compressed module for its export stand-in; put them back afterwards."""
+def _standins(
+    model: nn.Module, planned: list[ops.Planned], accuracy_level: int, u8: bool = False
+) -> Iterator[None]:
+    """Swap every compressed module for its export stand-in; put them back afterwards.
+    ``u8``: W8A8 dynamic weights as uint8 with zero point 128 (``int8_form="dynamic-u8"``)."""
     from ..nn.decoded import DecodedEmbedding, DecodedLinear
     from ..nn.int8 import Int8DynamicLinear, Int8Embedding, Int8SmoothLinear, Int8StaticLinear
 
     originals: list[tuple[str, nn.Module]] = []
     nbits: dict[int, ops.NBitsTensors] = {}  # id(format) -> one set of tensors (tied weights)
-    int8_t: dict[int, torch.Tensor] = {}  # id(format) -> (K, N) int8, shared by a tied head
+    int8_t: dict[int, torch.Tensor] = {}  # id(format) -> (K, N) int8 (or uint8), shared by a tied head
     tied = _head_sharing(model)
     try:
         for p in planned:
@@ -146,7 +167,7 @@ def _standins(model: nn.Module, planned: list[ops.Planned], accuracy_level: int)
                 new = ops.NBitsLinear(t, m.bias, w, max(accuracy_level, 4))
             elif isinstance(m, (Int8DynamicLinear, Int8SmoothLinear)):
                 fmt = m.weight
-                bt = int8_t.setdefault(id(fmt), fmt.qdata.to(torch.int8).t().contiguous())
+                bt = int8_t.setdefault(id(fmt), _int8_table(fmt, u8))
                 smooth = m.smooth if isinstance(m, Int8SmoothLinear) else None
                 new = ops.DynQuantLinear(bt, fmt.scale, m.bias, fmt.decode(torch.float32), smooth)
             elif isinstance(m, Int8Embedding) and p.op == "Gather (n-bit)":  # a tied 8-bit MatMulNBits head
@@ -155,7 +176,7 @@ def _standins(model: nn.Module, planned: list[ops.Planned], accuracy_level: int)
             elif isinstance(m, Int8Embedding):
                 fmt = m.weight
                 if id(fmt) in tied:
-                    bt = int8_t.setdefault(id(fmt), fmt.qdata.to(torch.int8).t().contiguous())
+                    bt = int8_t.setdefault(id(fmt), _int8_table(fmt, u8))
                     new = ops.Int8Gather(bt, fmt.scale, transposed=True)
                 else:
                     new = ops.Int8Gather(fmt.qdata.to(torch.int8), fmt.scale, transposed=False)
@@ -364,32 +385,47 @@ def export_onnx(
 
     ``int8_form``: how W8A8 dynamic layers (int8-dynamic, SmoothQuant) are written —
     ``dynamic``: ONNX Runtime's DynamicQuantizeMatMul (one activation scale per input
-    tensor, its fastest int8 path); ``nbits``: 8-bit MatMulNBits (activations quantized per
-    block of each row); ``auto``: dynamic, and nbits where dynamic does not match the model
-    (LLMs with outlier activations: SmolLM2 measured a relative error of 0.58).
+    tensor, its fastest int8 path) with int8 weights; ``dynamic-u8``: the same op with the
+    same integers shifted to uint8 (zero point 128), which ONNX Runtime multiplies without
+    the int16 saturation its u8 x s8 path has on CPUs without VNNI; ``nbits``: 8-bit
+    MatMulNBits (activations quantized per block of each row); ``auto``: the first of
+    dynamic, dynamic-u8, nbits (dynamic-u8 first on CPUs without VNNI: ``auto_int8_forms``)
+    that matches the model (LLMs with outlier activations:
+    SmolLM2 measured a relative error of 0.58 with DynamicQuantizeMatMul).
 
     Raises ``ExportError`` when a module has no ONNX form or the export does not match.
     """
-    if int8_form not in ("auto", "dynamic", "nbits"):
-        raise ConfigError(f"int8_form must be auto, dynamic or nbits, got {int8_form!r}")
+    if int8_form not in INT8_FORMS:
+        raise ConfigError(f"int8_form must be one of {', '.join(INT8_FORMS)}, got {int8_form!r}")
     if int8_form != "auto" or not any(p.op == "DynamicQuantizeMatMul" for p in plan(model)):
         form = "dynamic" if int8_form == "auto" else int8_form
         return _export_onnx(model, out_dir, inputs, int8_form=form, metadata=metadata, **kw)
-    try:
-        return _export_onnx(model, out_dir, inputs, int8_form="dynamic", metadata=metadata, **kw)
-    except ExportMismatch as e:
-        why = str(e).removesuffix("; nothing was written")
-        note = f"DynamicQuantizeMatMul did not match ({why}); the int8 layers are 8-bit MatMulNBits"
-        report = _export_onnx(
-            model,
-            out_dir,
-            inputs,
-            int8_form="nbits",
-            metadata={**(metadata or {}), "int8_fallback": note},
-            **kw,
-        )
-        report.check["int8_fallback"] = note
+    failed: list[str] = []
+    for form in auto_int8_forms():
+        if failed:
+            note = "; ".join(failed) + f"; the int8 layers are written as {INT8_FORM_NAMES[form]}"
+            kw_meta = {**(metadata or {}), "int8_fallback": note}
+        else:
+            note, kw_meta = "", metadata
+        try:
+            report = _export_onnx(model, out_dir, inputs, int8_form=form, metadata=kw_meta, **kw)
+        except ExportMismatch as e:
+            if form == "nbits":
+                raise
+            why = str(e).removesuffix("; nothing was written")
+            failed.append(f"{INT8_FORM_NAMES[form]} did not match ({why})")
+            continue
+        if note:
+            report.check["int8_fallback"] = note
         return report
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def auto_int8_forms() -> tuple[str, ...]:
+    """The order ``int8_form="auto"`` tries: int8 weights first where the CPU has VNNI
+    (ONNX Runtime's u8 x s8 GEMM is exact there), uint8 weights first elsewhere (its u8 x s8
+    path sums pairs of products in saturating int16 on AVX2; u8 x u8 widens first)."""
+    return ("dynamic", "dynamic-u8", "nbits") if has_vnni() else ("dynamic-u8", "dynamic", "nbits")
 
 
 def _export_onnx(
@@ -441,11 +477,15 @@ def _export_onnx(
     _check_target(target)
     planned = plan(model)
     if int8_form == "nbits":
+        # layers whose rows have no block of 16 or 32 columns stay DynamicQuantizeMatMul
+        # (uint8 weights)
         tied = _head_sharing(model)
         for p in planned:
-            if p.op == "DynamicQuantizeMatMul":
+            fmt = getattr(model.get_submodule(p.name), "weight", None)
+            blocked = isinstance(fmt, AffineQuantized) and ops.nbits_block(fmt, NBITS8_BLOCK) is not None
+            if p.op == "DynamicQuantizeMatMul" and blocked:
                 p.op = NBITS8
-            elif p.op == "Gather (int8) x scale" and id(model.get_submodule(p.name).weight) in tied:
+            elif p.op == "Gather (int8) x scale" and blocked and id(fmt) in tied:
                 p.op = "Gather (n-bit)"
     refused = [p for p in planned if p.op == "refused"]
     if refused and not allow_decoded:
@@ -473,7 +513,8 @@ def _export_onnx(
             import copy
 
             float_model = copy.deepcopy(model).float()
-        with _standins(float_model, planned, accuracy_level), warnings.catch_warnings():
+        u8 = int8_form in ("dynamic-u8", "nbits")
+        with _standins(float_model, planned, accuracy_level, u8), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # token inputs (integers): batch and sequence axes; float inputs (images): batch
             axes: dict[str, dict[int, str]] = {

@@ -250,7 +250,11 @@ class DynQuantLinear(nn.Module):
         super().__init__()
         self.register_buffer("Bt", Bt)
         self.register_buffer("b_scale", scale.reshape(-1).float().contiguous())
-        self.register_buffer("b_zp", torch.zeros(Bt.shape[1], dtype=torch.int8))
+        # int8 weights (zero point 0), or the same integers shifted to uint8 (zero point 128:
+        # exact; ONNX Runtime's u8u8 path does not saturate where its u8s8 one does on CPUs
+        # without VNNI)
+        zp = 128 if Bt.dtype == torch.uint8 else 0
+        self.register_buffer("b_zp", torch.full((Bt.shape[1],), zp, dtype=Bt.dtype))
         self.register_buffer("inv_smooth", None if smooth is None else 1.0 / smooth.float())
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.w = w
@@ -333,7 +337,8 @@ class Int8Gather(nn.Module):
             rows = rows.reshape(*ids.shape, self.table.shape[0])
         else:
             rows = self.table[ids]
-        return rows.float() * self.scale[ids]
+        rows = rows.float() if self.table.dtype != torch.uint8 else rows.float() - 128.0  # uint8: zp 128
+        return rows * self.scale[ids]
 
 
 @dataclasses.dataclass
