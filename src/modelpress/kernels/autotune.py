@@ -269,7 +269,11 @@ def _measure(
         times: dict[str, float] = {}
         rejected: dict[str, str] = {}
         errors: dict[str, float] = {}
-        for k in ks:
+        # fallback kernels (a decoded copy ...) only where no other kernel passed
+        first = [k for k in ks if not k.fallback]
+        for k in first + [k for k in ks if k.fallback]:
+            if k.fallback and any(n != reference.name for n in times):
+                break
             try:
                 st = state(k, fmt)
 

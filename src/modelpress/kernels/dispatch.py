@@ -64,7 +64,9 @@ class Kernel:
     returned (``None`` without ``prepare``). ``supports(fmt, x)`` says whether this kernel
     can run that format on that input (dtype, device, shape limits). ``tolerance``: the
     relative error against the reference kernel's output that the autotuner accepts (the
-    kernel's own rounding: activation quantization, bf16 activations ...)."""
+    kernel's own rounding: activation quantization, bf16 activations ...). ``fallback``:
+    timed only where no other kernel but the reference passed (``dense``: a decoded copy
+    that costs memory, worth it only where nothing faster runs)."""
 
     name: str
     op: str
@@ -74,6 +76,7 @@ class Kernel:
     supports: Callable[[CompressedTensor, torch.Tensor], bool] = _always
     priority: int = 0  # higher first; the reference kernel has the lowest
     tolerance: float = 1e-4
+    fallback: bool = False
 
     def accepts(self, fmt: CompressedTensor, x: torch.Tensor) -> bool:
         return ("*" in self.formats or fmt.format_name in self.formats) and self.supports(fmt, x)
