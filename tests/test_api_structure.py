@@ -149,3 +149,71 @@ def test_conv_and_linear_dims_of_a_registered_architecture(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
+
+
+# -- low-rank factorization: a LowRankLinear where the base has a Linear ---------------------
+
+
+def _lowrank(model):
+    from modelpress.methods.lowrank import LowRankConfig
+
+    return mp.compress(model, LowRankConfig(reduction=0.2), progress=False)
+
+
+def test_lowrank_layers_are_recorded_with_their_rank(tiny_bert):
+    structure = describe_structure(_lowrank(tiny_bert))
+    assert structure["modules"][Q] == {
+        "class": "LowRankLinear",
+        "args": {"in_features": 32, "rank": 12, "out_features": 32, "bias": True},
+    }
+    assert not any(n.endswith((".down", ".up")) for n in structure["modules"])
+    assert structure["attributes"] == {}
+
+
+@pytest.mark.parametrize("then", [None, "int8-dynamic", "int4-g128"])
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_lowrank_then_quantized_saves_and_loads_equal(tmp_path, tiny_bert, tiny_llama, arch, then):
+    from modelpress.models.lowrank import LowRankLinear
+
+    model = _lowrank(tiny_bert if arch == "bert" else tiny_llama)
+    if then is not None:
+        model = mp.compress(model, then, progress=False)
+        assert type(model.get_submodule(_first_lowrank(model) + ".down")).__name__ != "Linear"
+    loaded = mp.load(mp.save(model, tmp_path / "lr"))
+    assert isinstance(loaded.get_submodule(_first_lowrank(model)), LowRankLinear)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=_ids()).logits, model(input_ids=_ids()).logits)
+    assert mp.recipe_of(loaded) == mp.recipe_of(model)
+
+
+def _first_lowrank(model):
+    from modelpress.models.lowrank import LowRankLinear
+
+    return next(n for n, m in model.named_modules() if isinstance(m, LowRankLinear))
+
+
+def test_pruned_then_lowrank_saves_and_loads_equal(tmp_path, tiny_bert):
+    model = _lowrank(_shrunk_bert(tiny_bert))
+    assert describe_structure(model)["modules"][Q]["args"]["out_features"] == 16
+    loaded = mp.load(mp.save(model, tmp_path / "plr"))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=_ids()).logits, model(input_ids=_ids()).logits)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda s: s["modules"][Q]["args"].update({"rank": 0}), "cannot take"),
+        (lambda s: s["modules"][Q]["args"].update({"rank": "12"}), "bad LowRankLinear argument"),
+        (lambda s: s["modules"][Q]["args"].update({"rank": 8}), "does not fit its base model"),
+        (lambda s: s["modules"][Q]["args"].pop("rank"), "expected"),
+        (lambda s: s["modules"].update({"bert.pooler.activation": s["modules"][Q]}), "base model has a Tanh"),
+        (lambda s: s["modules"].update({"bert.embeddings.LayerNorm": s["modules"][Q]}), "has a LayerNorm"),
+    ],
+)
+def test_bad_lowrank_structure_entries_fail_with_one_sentence(tmp_path, tiny_bert, tamper, message):
+    path = mp.save(_lowrank(tiny_bert), tmp_path / "bad")
+    _tamper(path, tamper)
+    with pytest.raises(ArtifactError, match=message) as e:
+        mp.load(path)
+    assert "\n" not in str(e.value)

@@ -21,11 +21,13 @@ from torch import nn
 
 from ..errors import ArtifactError, ConfigError, ModelpressError
 from ..registry import Registry
+from .lowrank import LowRankLinear
 
 __all__ = [
     "ARCHITECTURES",
     "STRUCTURE_ATTRS",
     "STRUCTURE_CLASSES",
+    "STRUCTURE_REPLACEMENTS",
     "apply_structure",
     "build_base",
     "check_config",
@@ -521,7 +523,14 @@ STRUCTURE_CLASSES: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
         {"normalized_shape": _INTS, "eps": _FLOAT, "elementwise_affine": _BOOL, "bias": _BOOL},
     ),
     "Embedding": (nn.Embedding, {"num_embeddings": _INT, "embedding_dim": _INT, "padding_idx": _INT}),
+    "LowRankLinear": (
+        LowRankLinear,
+        {"in_features": _INT, "rank": _INT, "out_features": _INT, "bias": _BOOL},
+    ),
 }
+
+#: class name -> the base classes it may replace (a structure entry otherwise keeps the class)
+STRUCTURE_REPLACEMENTS: dict[str, tuple[type[nn.Module], ...]] = {"LowRankLinear": (nn.Linear,)}
 
 #: int attributes a structural rewrite may change (head counts, sizes, cache layer indices)
 STRUCTURE_ATTRS = frozenset(
@@ -547,7 +556,7 @@ def _module_args(m: nn.Module) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for arg, kind in spec[1].items():
         if arg == "bias":
-            v: Any = getattr(m, "bias", None) is not None
+            v: Any = m.has_bias if isinstance(m, LowRankLinear) else getattr(m, "bias", None) is not None
         elif arg == "padding" and isinstance(m.padding, str):
             v = m.padding
         else:
@@ -585,11 +594,20 @@ def _stand_in_args(m: nn.Module, b: nn.Module) -> dict[str, Any] | None:
     return args
 
 
+def _replaces(m: nn.Module, b: nn.Module) -> bool:
+    """``m`` is an allowed replacement (``STRUCTURE_REPLACEMENTS``) of the base layer ``b``."""
+    spec = STRUCTURE_CLASSES.get(type(m).__name__)
+    allowed = STRUCTURE_REPLACEMENTS.get(type(m).__name__, ())
+    return spec is not None and type(m) is spec[0] and type(b) in allowed
+
+
 def describe_structure(model: nn.Module, base_entry: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest's ``structure`` entry: what differs from a meta build of the base.
 
     ``{"modules": {name: {"class": "Linear", "args": {...}}}, "attributes": {name: {attr: int}}}``;
-    both empty for a model whose structure its base config describes.
+    both empty for a model whose structure its base config describes. A ``LowRankLinear``
+    where the base has a ``Linear`` is recorded with its ``in_features, rank, out_features,
+    bias``; its children are not in the base and get no entry.
     """
     base = build_base(base_entry if base_entry is not None else describe_base(model))
     base_modules = dict(base.named_modules())
@@ -602,6 +620,10 @@ def describe_structure(model: nn.Module, base_entry: dict[str, Any] | None = Non
             stand_in = _stand_in_args(m, b)
             if stand_in is not None and stand_in != _module_args(b):
                 modules[name] = {"class": type(b).__name__, "args": stand_in}
+            continue
+        if b is not None and _replaces(m, b):
+            # another class where the base has a layer (a low-rank factorization): always recorded
+            modules[name] = {"class": type(m).__name__, "args": _module_args(m)}
             continue
         if b is None or type(b) is not type(m):
             continue
@@ -649,7 +671,8 @@ def _checked_args(name: str, cls_name: str, args: Any) -> dict[str, Any]:
 
 def apply_structure(model: nn.Module, structure: Any) -> None:
     """Reshape a freshly built base (in place) to the manifest's ``structure`` entry: meta
-    layers of the recorded dims replace the base's, then the recorded int attributes are set."""
+    layers of the recorded dims replace the base's (of the same class, or an allowed
+    replacement: a ``LowRankLinear`` for a ``Linear``), then the recorded int attributes are set."""
     if not structure:
         return
     if not isinstance(structure, dict) or set(structure) - {"modules", "attributes"}:
@@ -668,7 +691,7 @@ def apply_structure(model: nn.Module, structure: Any) -> None:
                 f"manifest reshapes module '{name}', which the base model does not have"
             ) from None
         cls = STRUCTURE_CLASSES[cls_name][0]
-        if type(old) is not cls:
+        if type(old) is not cls and type(old) not in STRUCTURE_REPLACEMENTS.get(cls_name, ()):
             raise ArtifactError(
                 f"manifest reshapes '{name}' as {cls_name}, but the base model has a {type(old).__name__}"
             )
