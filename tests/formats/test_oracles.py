@@ -29,10 +29,12 @@ from modelpress.errors import ArtifactError
 from modelpress.formats import (
     FORMATS,
     AffineQuantized,
+    BinaryTensor,
     Codebook,
     CompressedTensor,
     ProductQuantized,
     SparseTensor,
+    TernaryTensor,
 )
 from modelpress.formats.codebook import decode_in_row_chunks
 from modelpress.kernels import dispatch
@@ -154,6 +156,33 @@ def _sparse(
     return SparseTensor.encode(w, mask, index=index), w
 
 
+def _binary(
+    shape: tuple[int, int], *, scaled: bool = True, group_size: int | None = None, seed: int = 0
+) -> tuple[CompressedTensor, torch.Tensor]:
+    g = _gen(seed)
+    w = torch.randn(shape, generator=g)
+    fmt = BinaryTensor.encode(w, scaled=scaled, group_size=group_size)
+    # reference: +1 / -1 by the sign (0 counts as +1), times mean |w| of its row / group
+    ref = torch.where(w >= 0, 1.0, -1.0)
+    if scaled:
+        G = shape[1] if group_size is None else group_size
+        alpha = w.abs().reshape(shape[0], -1, G).mean(-1)
+        ref = ref * alpha.repeat_interleave(G, dim=1)
+    return fmt, ref
+
+
+def _ternary(
+    shape: tuple[int, int], granularity: str, packing: str, *, seed: int = 0
+) -> tuple[CompressedTensor, torch.Tensor]:
+    g = _gen(seed)
+    w = torch.randn(shape, generator=g)
+    fmt = TernaryTensor.encode(w, granularity=granularity, packing=packing)
+    # reference: gamma = mean |w| (tensor / row), codes round(w / gamma) clipped to [-1, 1]
+    gamma = w.abs().mean() if granularity == "tensor" else w.abs().mean(1, keepdim=True)
+    ref = torch.round(w / gamma).clamp(-1, 1) * gamma
+    return fmt, ref
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -232,6 +261,15 @@ CASES = [
     Case(
         "sparse-conv2d-relative8-grouped", "sparse", lambda: _sparse((6, 2, 3, 3), "relative8", 0.4), groups=2
     ),
+    # binary / ternary
+    Case("binary-channel", "binary", lambda: _binary((7, 40))),
+    Case("binary-channel-oddcols", "binary", lambda: _binary((13, 25))),
+    Case("binary-g8", "binary", lambda: _binary((7, 40), group_size=8)),
+    Case("binary-unscaled-oddcols", "binary", lambda: _binary((5, 31), scaled=False)),
+    Case("ternary-channel-base3-oddcols", "ternary", lambda: _ternary((13, 27), "channel", "base3")),
+    Case("ternary-channel-base3", "ternary", lambda: _ternary((7, 40), "channel", "base3")),
+    Case("ternary-tensor-2bit-oddcols", "ternary", lambda: _ternary((7, 25), "tensor", "2bit")),
+    Case("ternary-tensor-2bit", "ternary", lambda: _ternary((9, 64), "tensor", "2bit")),
 ]
 CASE_IDS = [c.id for c in CASES]
 BY_ID = {c.id: c for c in CASES}

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from ..formats.base import CompressedTensor
+from . import binary as _binary  # noqa: F401 - registers the binary / ternary kernels
 from . import cpu as _cpu  # noqa: F401 - registers torch's CPU low-precision kernels
+from . import dense as _dense  # noqa: F401 - registers the decoded-copy fallback
 from . import int8 as _int8  # noqa: F401 - registers the INT8 kernels
 from . import reference as _reference  # noqa: F401 - registers the reference kernels
 from .dispatch import (

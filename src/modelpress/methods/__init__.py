@@ -1,7 +1,7 @@
 """Compression methods, one family per sub-package. Importing this package registers them
 (explicit imports, no package walking)."""
 
-from . import baseline, clustering, distillation, pruning, quantization, structured
+from . import baseline, binary, clustering, distillation, lowrank, pruning, quantization, structured
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
 __all__ = [
@@ -11,8 +11,10 @@ __all__ = [
     "CompressContext",
     "MethodConfig",
     "baseline",
+    "binary",
     "clustering",
     "distillation",
+    "lowrank",
     "pruning",
     "quantization",
     "register",
