@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import os
 
+from .models.tv import install_import_fallback
+
+install_import_fallback()  # before anything imports transformers (which imports torchvision)
+
 from .api import artifact_bytes, compress, compression_notes, load, recipe_of, save
 from .deploy import export
 from .errors import ArtifactError, ConfigError, DataError, ModelpressError, SaveError

@@ -13,6 +13,8 @@ downloaded: weights are never fetched from here (``weights=None`` always).
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -20,7 +22,13 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["TORCHVISION_NOTE", "notes", "torchvision_architecture", "torchvision_models"]
+__all__ = [
+    "TORCHVISION_NOTE",
+    "install_import_fallback",
+    "notes",
+    "torchvision_architecture",
+    "torchvision_models",
+]
 
 TORCHVISION_NOTE = (
     "torchvision's compiled operators did not load next to this torch; its model definitions "
@@ -93,3 +101,44 @@ def torchvision_architecture(name: str, **kwargs: Any) -> Any:
 def notes() -> list[str]:
     """What the import had to work around (empty when torchvision imported normally)."""
     return list(_notes)
+
+
+class _Fallback(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """The first ``import torchvision`` of the process (by anyone: transformers imports it
+    for its image utilities as soon as it is installed) tries the real package and, where its
+    compiled operators cannot load, gives the package without them (``_without_extension``)
+    instead of failing. One shot: it takes itself off ``sys.meta_path`` at once."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "torchvision":
+            return None  # (``importlib.util.find_spec`` asks too: stay until an import loads it)
+        return importlib.machinery.ModuleSpec("torchvision", self, is_package=True)
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        try:
+            module = importlib.import_module("torchvision")
+        except (RuntimeError, OSError, ImportError, AttributeError):
+            _without_extension()
+            if TORCHVISION_NOTE not in _notes:
+                _notes.append(TORCHVISION_NOTE)
+            module = sys.modules["torchvision"]
+        self._real_spec = module.__spec__
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self._real_spec  # as the real import set it
+
+
+def install_import_fallback() -> None:
+    """Put the one-shot ``import torchvision`` fallback in place (nothing when torchvision is
+    not installed or already imported). ``modelpress/__init__`` calls it."""
+    if "torchvision" in sys.modules or any(isinstance(f, _Fallback) for f in sys.meta_path):
+        return
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            return
+    except (ImportError, ValueError):
+        return
+    sys.meta_path.insert(0, _Fallback())
