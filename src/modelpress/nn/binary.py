@@ -58,10 +58,21 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(torch.float32)
 
 
-def binarize_activations(x: torch.Tensor, scaled: bool = True, clip: float | None = None) -> torch.Tensor:
+def binarize_activations(
+    x: torch.Tensor, scaled: bool = True, clip: float | None = None, centered: bool = False
+) -> torch.Tensor:
     """XNOR-Net's input binarization per token (last dim): ``sign(x)·mean|x|``, or ``sign(x)``
-    (BNN, ``scaled=False``), in ``x``'s dtype; the clipped STE with ``clip``."""
-    return ste(x, binarize_input(x.detach(), scaled), clip)
+    (BNN, ``scaled=False``), in ``x``'s dtype; the clipped STE with ``clip``.
+
+    ``centered``: the token's mean ``μ`` is taken out first and added back exactly,
+    ``binarize(x − μ) + μ``. Without it the signs of non-negative inputs (after a ReLU) are
+    all +1 and every token binarizes to the same vector; ``XnorLinear`` computes the ``μ``
+    term as ``μ·Σ_j Ŵ_ij`` (one float per token and output), the rest through XNOR."""
+    xd = x.detach()
+    if not centered:
+        return ste(x, binarize_input(xd, scaled), clip)
+    mu = xd.mean(-1, keepdim=True)
+    return ste(x, binarize_input(xd - mu, scaled) + mu, clip)
 
 
 class WeightBinarizer(nn.Module):
@@ -118,11 +129,14 @@ class FakeBinaryLinear(nn.Module):
     """An ``nn.Linear`` (kept, its weight the latent one) computing with the binarized
     weight, and with binarized inputs when ``act`` is ``scaled`` / ``sign`` (XNOR / BNN)."""
 
-    def __init__(self, linear: nn.Linear, binarizer: WeightBinarizer, act: str | None = None) -> None:
+    def __init__(
+        self, linear: nn.Linear, binarizer: WeightBinarizer, act: str | None = None, centered: bool = False
+    ) -> None:
         super().__init__()
         self.linear = linear
         self.binarizer = binarizer
         self.act = act
+        self.centered = centered
 
     @property
     def weight(self) -> torch.Tensor:
@@ -130,7 +144,7 @@ class FakeBinaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
-            x = binarize_activations(x, self.act == "scaled", self.binarizer.clip)
+            x = binarize_activations(x, self.act == "scaled", self.binarizer.clip, self.centered)
         w = self.binarizer(self.linear.weight).to(x.dtype)
         b = self.linear.bias
         return F.linear(x, w, None if b is None else b.to(x.dtype))
@@ -160,11 +174,23 @@ class FakeBinaryEmbedding(nn.Module):
 class XnorLinear(CompressedModule):
     """``y = (sign(x)·β) @ (sign(W)·α)^T + b``: binary weights and binary activations
     (XNOR-Net, Rastegari et al. arXiv 1603.05279; ``act_scaled=False`` and an unscaled
-    weight: BNN, Courbariaux et al. arXiv 1602.02830)."""
+    weight: BNN, Courbariaux et al. arXiv 1602.02830).
+
+    ``centered``: ``y = (sign(x−μ)·β) @ Ŵ^T + μ·Ŵ·1 + b`` with ``μ`` the token's mean and ``β =
+    mean|x−μ|``: the binarized part carries the token's variation, the mean is added back
+    exactly through the weight's row sums (computed once from the stored weight, not
+    stored). Artifacts written before this option have no ``centered`` argument and load
+    uncentered, as they were computed."""
 
     module_name = "xnor_linear"
 
-    def __init__(self, weight: BinaryTensor, bias: torch.Tensor | None, act_scaled: bool = True) -> None:
+    def __init__(
+        self,
+        weight: BinaryTensor,
+        bias: torch.Tensor | None,
+        act_scaled: bool = True,
+        centered: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(weight, BinaryTensor):
             raise ValueError(f"XnorLinear needs a binary weight, got {type(weight).__name__}")
@@ -172,14 +198,25 @@ class XnorLinear(CompressedModule):
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
         self.bias = nn.Parameter(bias) if bias is not None else None
         self.act_scaled = bool(act_scaled)
+        self.centered = bool(centered)
+        self._row_sums: torch.Tensor | None = None
 
     @classmethod
-    def wrap(cls, linear: nn.Linear, weight: BinaryTensor, act_scaled: bool = True) -> XnorLinear:
+    def wrap(
+        cls, linear: nn.Linear, weight: BinaryTensor, act_scaled: bool = True, centered: bool = False
+    ) -> XnorLinear:
         b = linear.bias.detach().clone() if linear.bias is not None else None
-        return cls(weight, b, act_scaled)
+        return cls(weight, b, act_scaled, centered)
 
     def args(self) -> dict[str, Any]:
-        return {"bias": self.bias is not None, "act_scaled": self.act_scaled}
+        return {"bias": self.bias is not None, "act_scaled": self.act_scaled, "centered": self.centered}
+
+    def row_sums(self) -> torch.Tensor:
+        """``Ŵ·1`` (float32, one per output): the weight of a token's mean."""
+        rs = self._row_sums
+        if rs is None or rs.device != self.weight.device:
+            rs = self._row_sums = self.weight.decode(torch.float32).sum(1)
+        return rs
 
     @classmethod
     def build_empty(cls, args: dict[str, Any], formats: dict[str, CompressedTensor]) -> XnorLinear:
@@ -189,21 +226,26 @@ class XnorLinear(CompressedModule):
         act_scaled = args.get("act_scaled", True)
         if not isinstance(act_scaled, bool):
             raise ValueError(f"xnor_linear: act_scaled must be true or false, got {act_scaled!r}")
-        return cls(w, torch.empty(w.shape[0]) if args.get("bias") else None, act_scaled)
+        centered = args.get("centered", False)
+        if not isinstance(centered, bool):
+            raise ValueError(f"xnor_linear: centered must be true or false, got {centered!r}")
+        return cls(w, torch.empty(w.shape[0]) if args.get("bias") else None, act_scaled, centered)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = kernels.run(
-            "linear_xnor",
-            x.reshape(-1, self.in_features),
-            self.weight,
-            bias=self.bias,
-            act_scaled=self.act_scaled,
-        )
+        x2 = x.reshape(-1, self.in_features)
+        mu = None
+        if self.centered:
+            mu = x2.float().mean(-1, keepdim=True)
+            x2 = (x2.float() - mu).to(x.dtype)
+        y = kernels.run("linear_xnor", x2, self.weight, bias=self.bias, act_scaled=self.act_scaled)
+        if mu is not None:
+            y = (y.float() + mu * self.row_sums().to(y.device)).to(y.dtype)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, act={'sign·mean|x|' if self.act_scaled else 'sign'}"
+            f"bias={self.bias is not None}, act={'sign·mean|x|' if self.act_scaled else 'sign'}, "
+            f"centered={self.centered}"
         )

@@ -119,7 +119,11 @@ def test_compressed_layers_equal_the_op_on_decoded(config, tiny_bert):
         x = torch.randn(3, 5, m.in_features)
         w = m.weight.decode()
         assert isinstance(m.weight, TernaryTensor if config.name == "ternary" else BinaryTensor)
-        xin = binarize_input(x, getattr(m, "act_scaled", True)) if isinstance(m, XnorLinear) else x
+        xin = x
+        if isinstance(m, XnorLinear):
+            assert m.centered  # the default
+            mu = x.mean(-1, keepdim=True)
+            xin = binarize_input(x - mu, m.act_scaled) + mu
         with torch.no_grad():
             torch.testing.assert_close(m(x), F.linear(xin, w, m.bias), rtol=2e-2, atol=2e-2)
     assert isinstance(model.bert.embeddings.word_embeddings, nn.Embedding)  # embeddings stay in float
@@ -255,3 +259,32 @@ def test_training_needs_data_and_patterns_must_match(tiny_bert):
 def test_configs_round_trip_through_dicts():
     for c in [*CONFIGS, TernaryConfig(epochs=2, distill=True, kd_hidden=0.5, keep=("a",), keep_bits=4)]:
         assert type(c).from_dict(c.to_dict()) == c
+
+
+def test_centered_xnor_tells_non_negative_tokens_apart():
+    """After a ReLU every input is >= 0: uncentered signs are all +1, so every token gives
+    the same output up to a scale; centred, the tokens' variation survives binarization."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 16)
+    fmt = BinaryTensor.encode(lin.weight.detach())
+    x = torch.relu(torch.randn(32, 64))
+    ref = F.linear(x, fmt.decode(), lin.bias)
+    outs = {}
+    for centered in (False, True):
+        m = XnorLinear.wrap(lin, fmt, centered=centered)
+        with torch.no_grad():
+            outs[centered] = m(x)
+    sv = torch.linalg.svdvals(outs[False] - lin.bias.detach())
+    assert sv[1] < 1e-4 * sv[0]  # every token: one output direction, scaled by its mean|x|
+    assert torch.linalg.svdvals(outs[True] - lin.bias.detach())[1] > 0.1 * sv[0]
+    corr = torch.corrcoef(torch.stack([outs[True].flatten(), ref.flatten()]))[0, 1]
+    assert corr > 0.5
+
+
+def test_xnor_args_without_centered_load_uncentered():
+    lin = nn.Linear(16, 4)
+    fmt = BinaryTensor.encode(lin.weight.detach())
+    m = XnorLinear.build_empty({"bias": True, "act_scaled": True}, {"weight": fmt})
+    assert not m.centered
+    with pytest.raises(ValueError, match="centered"):
+        XnorLinear.build_empty({"bias": True, "centered": "yes"}, {"weight": fmt})

@@ -143,6 +143,8 @@ class BinaryConfig(_BinaryFamily):
     name = "binary"
     scheme: str = param("bwn", one_of(*SCHEMES))
     group_size: int | None = param(None, POSITIVE)
+    # xnor / bnn: binarize each token's deviation from its mean, the mean added back exactly
+    center: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -162,7 +164,7 @@ class BinaryConfig(_BinaryFamily):
     def wrap(self, mod: nn.Module, fmt: CompressedTensor) -> nn.Module:
         if self.binary_inputs and isinstance(mod, nn.Linear):
             assert isinstance(fmt, BinaryTensor)
-            return XnorLinear.wrap(mod, fmt, act_scaled=self.scheme == "xnor")
+            return XnorLinear.wrap(mod, fmt, act_scaled=self.scheme == "xnor", centered=self.center)
         return wrap_decoded(mod, fmt)
 
 
@@ -294,7 +296,8 @@ def _prepare(model: nn.Module, config: _BinaryFamily, targets: list[tuple[str, n
     for name, mod in targets:
         b = config.binarizer()
         if isinstance(mod, nn.Linear):
-            replace_module(model, name, FakeBinaryLinear(mod, b, act))
+            centered = bool(getattr(config, "center", False))
+            replace_module(model, name, FakeBinaryLinear(mod, b, act, centered))
         else:
             assert isinstance(mod, nn.Embedding)
             replace_module(model, name, FakeBinaryEmbedding(mod, b))
