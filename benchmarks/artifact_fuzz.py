@@ -2,7 +2,8 @@
 
 Artifacts of every format family are built on tiny models (affine int8 with tied
 embeddings and int4, codebook packed / zstd with a mask / int8 codebooks / conv kernels,
-product quantization, sparse, fp16, a structurally pruned BERT). Each case mutates one
+product quantization, sparse, fp16, a structurally pruned BERT, binary (grouped scales;
+XNOR), ternary (base-3 and 2-bit packing), low-rank factors). Each case mutates one
 artifact with a seeded mutator and loads it:
 
 - ``raw`` cases change the files as a disk, a copy or a careless edit would: random bit
@@ -144,6 +145,11 @@ def _recipes() -> dict[str, tuple[Callable[[], torch.nn.Module], Any, str]]:
         "sparse-relative": (_lenet, [c("prune")(sparsity=0.95, index="relative4")], "image"),
         "fp16": (_bert, "fp16", "ids"),
         "structured": (_bert, [c("prune-heads")(fraction=0.5), c("prune-ffn")(fraction=0.5)], "ids"),
+        "binary-group": (_lenet, [c("binary")(scheme="bwn", group_size=8)], "image"),
+        "binary-xnor": (_bert, [c("binary")(scheme="xnor")], "ids"),
+        "ternary-base3": (_lenet, [c("ternary")(packing="base3")], "image"),
+        "ternary-2bit-tensor": (_bert, [c("ternary")(packing="2bit", granularity="tensor")], "ids"),
+        "lowrank": (_bert, [c("lowrank")(reduction=0.5)], "ids"),
     }
 
 

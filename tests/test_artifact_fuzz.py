@@ -40,6 +40,7 @@ def test_every_format_family_is_fuzzed(engine, families):
     names = {f.name for f in families}
     assert {"affine-int8", "affine-int4", "codebook-packed", "codebook-zstd-mask", "pq"} <= names
     assert {"sparse-bitmask", "sparse-relative", "fp16", "structured", "codebook-conv"} <= names
+    assert {"binary-group", "binary-xnor", "ternary-base3", "ternary-2bit-tensor", "lowrank"} <= names
 
 
 def test_fuzzed_artifacts_load_identically_or_raise_artifact_error(engine, families, tmp_path):
