@@ -987,7 +987,7 @@ def _precheck(
             isinstance(heads, int)
             and isinstance(size, int)
             and isinstance(width, int)
-            and heads * size != width
+            and (heads * size != width or heads <= 0 or size <= 0)
         ):
             raise ArtifactError(
                 f"{path} does not fit its base model: '{name}' has {heads} heads of {size} "
