@@ -239,9 +239,10 @@ class TextClassificationTask(TaskAdapter):
         t0 = time.perf_counter()
         preds = self.predict(model, "test", device=device, progress=progress, limit=self.eval_limit)
         labels = torch.tensor(list(self.splits.test.labels or [])[: len(preds)])
-        acc = (preds == labels).float().mean().item()
+        correct = preds == labels
+        acc = correct.float().mean().item()
         agree = None if reference is None else (preds == reference).float().mean().item()
-        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0, correct=correct)
 
     def eval_size(self) -> int | None:
         return len(self.splits.test)

@@ -139,9 +139,10 @@ class ImageClassificationTask(TaskAdapter):
     ) -> Evaluation:
         t0 = time.perf_counter()
         preds = self.predict(model, "test", device)
-        acc = (preds == self.splits.test[1]).float().mean().item()
+        correct = preds == self.splits.test[1]
+        acc = correct.float().mean().item()
         agree = None if reference is None else (preds == reference).float().mean().item()
-        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0, correct=correct)
 
     def describe(self) -> dict[str, Any]:
         s = self.splits
