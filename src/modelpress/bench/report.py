@@ -326,10 +326,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     if any(r.get("delta_p") is not None for r in rows):
+        from matplotlib.artist import Artist
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
-
-        from matplotlib.artist import Artist
 
         handles: list[Artist] = [
             Line2D([], [], marker="o", ls="none", color="0.3", label="Δ vs original significant (p < 0.05)"),
