@@ -91,7 +91,7 @@ class DataSizedSchedule:
     user dataset: one epoch of 497 examples at batch 32 is 16 steps, which barely moves a
     pretrained classifier off the majority class), the run is planned for as many epochs as
     ``target_steps`` take, and early stopping ends it once the validation metric has not
-    improved for a quarter of them (at least 2 epochs), never before half of
+    improved for more than a quarter of them (at least 3 epochs), never before half of
     ``target_steps``; the best validation epoch is kept. Where the planned epochs are more
     than ``max_steps`` steps (a large dataset), the run stops at ``max_steps``. In between
     the configured schedule runs unchanged.
