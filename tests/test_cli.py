@@ -78,6 +78,9 @@ def test_bench_and_compress_on_a_local_model(tmp_path, tiny_bert_dir, small_spli
     assert res.exit_code == 0, res.output
     assert "int8-dynamic" in res.output
     assert {p.name for p in out.iterdir()} >= {"results.json", "results.csv", "results.md", "results.png"}
+    # a small user dataset: intervals, the within-noise mark (fp32 = the original), the header's warning
+    md = (out / "results.md").read_text()
+    assert "% acc [" in md and "+0.00 pt (n.s.)" in md and "too small to resolve 1 point" in md
     art = tmp_path / "art"
     res = runner.invoke(
         app,

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from modelpress.api import artifact_files
+from modelpress.bench import stats
 from modelpress.bench.measure import time_callable
 from modelpress.bench.report import write_reports
 from modelpress.bench.runner import ROW_KEYS, BenchOptions, run_bench
@@ -32,6 +33,17 @@ def test_run_bench_rows_are_measured(tmp_path, tiny_task):
         assert r["cpu_throughput"] > 0 and r["peak_rss_mb"] > r["baseline_rss_mb"] > 0
         assert r["gpu_latency_ms_p50"] is None and r["peak_vram_mb"] is None  # no CUDA here
     assert rows["fp32"]["agreement"] == 1.0 and rows["fp32"]["quality_delta"] == 0.0
+    # every quality figure carries its 95 % interval, every delta a paired test on the same examples
+    n = len(tiny_task.splits.test)
+    for r in rows.values():
+        assert r["quality_low"] <= r["quality"] <= r["quality_high"]
+        lost, gained = r["examples_lost"], r["examples_gained"]
+        assert r["quality_delta"] == pytest.approx((gained - lost) / n)
+        assert r["delta_p"] == stats.mcnemar_p(lost, gained)[0] and r["within_noise"] == (
+            r["delta_p"] >= 0.05
+        )
+    assert rows["fp32"]["delta_p"] == 1.0 and rows["fp32"]["within_noise"]
+    assert result["env"]["quality_resolution"]["n"] == n
     assert rows["int8-dynamic"]["size_bytes"] < 0.3 * rows["fp32"]["size_bytes"]
     assert "cpu_speedup" in rows["int8-dynamic"]
     env = result["env"]
@@ -94,6 +106,11 @@ def test_causal_lm_rows_get_decode_speed_and_bandwidth_share(tmp_path, tiny_llam
     assert fp32["weight_bytes_per_token"] >= 4 * cfg.vocab_size * cfg.hidden_size
     assert int8["weight_bytes_per_token"] < 0.3 * fp32["weight_bytes_per_token"]
     assert "decode_speedup_b1" in int8
+    # perplexity: a bootstrap interval over the test windows and a paired bootstrap of the delta
+    for r in (fp32, int8):
+        assert r["quality_low"] <= r["quality"] <= r["quality_high"] and "paired bootstrap" in r["delta_test"]
+    assert fp32["delta_p"] == 1.0 and fp32["delta_low"] == fp32["delta_high"] == 0.0
+    assert int8["delta_low"] <= int8["quality_delta"] <= int8["delta_high"]
     md = write_reports(result, tmp_path)["md"].read_text()
     assert "decode tok/s (batch 1)" in md and "share of bound (batch 2)" in md and "memory bandwidth" in md
 

@@ -34,6 +34,7 @@ def test_bench_onnxruntime_backend_rows(tmp_path, tiny_task):
         assert r["backend"] == "onnxruntime" and r["cpu_latency_ms_p50"] > 0 and r["cpu_throughput"] > 0
         assert r["peak_rss_mb"] > r["baseline_rss_mb"] > 0 and 0 <= r["quality"] <= 1
         assert r["agreement"] > 0.85 and "cpu_speedup" in r  # compared with torch fp32
+        assert r["quality_low"] <= r["quality"] <= r["quality_high"] and 0 <= r["delta_p"] <= 1  # same stats
     assert rows["fp32@ort"]["agreement"] == 1.0
     assert rows["int8-dynamic@ort"]["size_bytes"] < 0.4 * rows["fp32@ort"]["size_bytes"]
     assert rows["int8-dynamic@ort"]["export_check"]["rel_error"] < 0.05

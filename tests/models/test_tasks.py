@@ -92,3 +92,37 @@ def test_resolve_model(tiny_bert_dir, tiny_llama_dir, tmp_path):
     with pytest.raises(ConfigError, match="has its own data"):
         resolve_model("smollm2", data="x.csv")
     assert resolve_model("someorg/somemodel", task="causal-lm").source.path == "someorg/somemodel"
+
+
+def test_small_text_data_trains_the_original_longer_and_the_report_says_how(
+    tmp_path, bert_config, minilm_dir, small_splits
+):
+    from transformers import AutoTokenizer, BertModel
+
+    from modelpress.bench.report import write_reports
+    from modelpress.bench.runner import BenchOptions, run_bench
+    from modelpress.data.datasets import rotten_tomatoes
+    from modelpress.recipe import resolve_methods
+    from modelpress.training.loop import DataSizedSchedule
+
+    d = tmp_path / "encoder"
+    torch.manual_seed(0)
+    BertModel(bert_config).save_pretrained(str(d))  # no classification head: must be trained
+    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(str(d))
+    src = local_source(str(d))
+    # the defaults: Rotten Tomatoes (299 steps an epoch) trains as it always did; 160 examples longer
+    assert TextClassificationTask(src, rotten_tomatoes(seed=0)).train_plan()[1] is None
+    cfg, why = TextClassificationTask(src, small_splits).train_plan()
+    assert (cfg.epochs, cfg.min_steps) == (52, 128) and "small (5 steps an epoch)" in why
+    training = ClassifierTraining(
+        train=TrainConfig(epochs=1, lr=1e-3, patience=None),
+        batch_size=16,
+        schedule=DataSizedSchedule(target_steps=30),
+    )
+    task = TextClassificationTask(src, small_splits, training=training, seq_len=16)
+    opts = BenchOptions(tmp_path / "out", progress=False, measure_memory=False, rounds=1)
+    result = run_bench(task, resolve_methods("fp32"), opts)
+    note = result["env"]["original_training"]
+    assert note.startswith("trained by modelpress on the train split: ") and "planned for 3 epochs" in note
+    md = write_reports(result, tmp_path / "out")["md"].read_text()
+    assert "- Original: trained by modelpress" in md and "validation accuracy by epoch" in md

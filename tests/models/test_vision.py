@@ -48,3 +48,29 @@ def test_fresh_process_loads_registered_architecture(tmp_path):
     save_file({"x": torch.zeros(1, 1, 28, 28)}, str(tmp_path / "in.safetensors"))
     mem = measure_memory(path, tmp_path / "in.safetensors")
     assert mem["peak_rss_mb"] > 0
+
+
+def test_small_image_data_trains_until_validation_stops_and_says_so():
+    from modelpress.data.images import ImageSplits
+    from modelpress.models.vision import DEFAULT_TRAINING
+    from modelpress.training.loop import DataSizedSchedule
+
+    full = mnist_5k(seed=0)
+    small = ImageSplits(
+        (full.train[0][:128], full.train[1][:128]), full.validation, full.test, "mnist-tiny", 0
+    )
+    assert DEFAULT_TRAINING.schedule is not None
+    assert ImageClassificationTask("lenet-300-100", full).train_plan()[1] is None  # MNIST-5k unchanged
+    training = ImageTraining(
+        TrainConfig(epochs=1, lr=3e-3, patience=None), schedule=DataSizedSchedule(target_steps=24)
+    )
+    task = ImageClassificationTask("lenet-300-100", small, training=training)
+    cfg, why = task.train_plan()
+    assert cfg.epochs == 12 and cfg.min_steps == 12 and "small (2 steps an epoch)" in why
+    task.load_original(progress=False)
+    note = task.describe()["original_training"]
+    assert (
+        note.startswith("trained by modelpress on the train split: ")
+        and "validation accuracy by epoch" in note
+    )
+    assert "stopped: " in note and "planned for 12 epochs" in note

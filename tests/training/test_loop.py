@@ -130,3 +130,51 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     fit(nn.Linear(4, 2), loss, batches, TrainConfig(epochs=1, lr=0.1), progress=False, checkpoint=ck)
     with pytest.raises(ConfigError, match="different configuration"):
         fit(nn.Linear(4, 2), loss, batches, TrainConfig(epochs=2, lr=0.1), progress=False, checkpoint=ck)
+
+
+def test_min_steps_holds_early_stopping_back_and_the_reason_is_said():
+    _, _, batches, loss = _problem()  # 4 steps an epoch
+    flat = lambda m: 0.5  # noqa: E731  a validation score that never improves
+    cfg = TrainConfig(epochs=10, lr=0.1, patience=0, min_steps=14)
+    res = fit(nn.Linear(4, 2), loss, batches, cfg, evaluate=flat, progress=False)
+    assert res.steps == 16 and len(res.history) == 4 and res.best_epoch == 1  # first epoch end >= 14
+    assert res.stop_reason == "no better validation score for 3 epochs"
+    assert "4 epochs (16 steps)" in res.summary("validation accuracy") and "kept epoch 1" in res.summary()
+    res = fit(
+        nn.Linear(4, 2),
+        loss,
+        batches,
+        TrainConfig(epochs=10, lr=0.1, patience=0),
+        evaluate=flat,
+        progress=False,
+    )
+    assert res.steps == 8  # without min_steps: the second epoch without gain stops it
+    res = fit(nn.Linear(4, 2), loss, batches, TrainConfig(epochs=3, lr=0.1, patience=None), progress=False)
+    assert res.stop_reason == "all 3 epochs run"
+    res = fit(
+        nn.Linear(4, 2), loss, batches, TrainConfig(epochs=3, max_steps=6, patience=None), progress=False
+    )
+    assert res.steps == 6 and res.stop_reason == "step cap of 6 reached"
+    with pytest.raises(ConfigError, match="min_steps"):
+        TrainConfig(min_steps=-1)
+
+
+def test_data_sized_schedule_plans_small_middle_and_large_splits():
+    from modelpress.training.loop import DataSizedSchedule, config_key
+
+    base = TrainConfig(epochs=1, lr=5e-5, patience=None)
+    sched = DataSizedSchedule(target_steps=256, max_steps=3000)
+    # the CSV: 497 examples at batch 32 = 16 steps an epoch
+    small, why = sched.plan(base, 16)
+    assert (small.epochs, small.min_steps, small.patience) == (16, 128, 4) and "small" in why
+    # Rotten Tomatoes (299 steps): unchanged, and its cache key is the one of the old fields
+    same, why = sched.plan(base, 299)
+    assert same is base and why is None
+    assert config_key(same) == {
+        k: v for k, v in {**base.__dict__}.items() if k != "min_steps"
+    } and "min_steps" not in config_key(same)
+    assert config_key(small)["min_steps"] == 128
+    large, why = sched.plan(base, 10_000)
+    assert large.max_steps == 3000 and large.epochs == 1 and "capped" in why
+    with pytest.raises(ConfigError):
+        DataSizedSchedule(target_steps=10, max_steps=5)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import SaveError
 from .runner import ROW_KEYS
+from .stats import ALPHA, BOOTSTRAP_RESAMPLES, EXACT_MCNEMAR_MAX
 
 __all__ = ["decode_table", "format_row", "markdown", "write_reports"]
 
@@ -39,14 +40,35 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+NOT_SIGNIFICANT = "(n.s.)"
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.2g}" if p < 0.01 else f"p={p:.3f}".rstrip("0")
+
+
+def _delta_mark(r: dict[str, Any]) -> str:
+    """' (n.s.)' for a delta within noise (paired test p >= 0.05), ' (p=...)' otherwise, ''
+    for rows without a paired test (results written before intervals existed)."""
+    if r.get("delta_p") is None:
+        return ""
+    return f" {NOT_SIGNIFICANT}" if r.get("within_noise") else f" ({_p(r['delta_p'])})"
+
+
 def format_row(r: dict[str, Any]) -> list[str]:
-    """One row of the human table (units: MB = 10^6 bytes; accuracy in %, delta in points)."""
+    """One row of the human table (units: MB = 10^6 bytes; accuracy in %, delta in points);
+    quality with its 95 % interval in brackets, delta marked (n.s.) when within noise."""
+    lo, hi = r.get("quality_low"), r.get("quality_high")
     if r["metric"] == "accuracy":
         quality = f"{100 * r['quality']:.2f}% acc"
-        delta = f"{100 * r['quality_delta']:+.2f} pt"
+        if lo is not None and hi is not None:
+            quality += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+        delta = f"{100 * r['quality_delta']:+.2f} pt" + _delta_mark(r)
     else:
         quality = f"{r['quality']:.3f} {'ppl' if r['metric'] == 'perplexity' else r['metric']}"
-        delta = f"{r['quality_delta']:+.3f}"
+        if lo is not None and hi is not None:
+            quality += f" [{lo:.3f}, {hi:.3f}]"
+        delta = f"{r['quality_delta']:+.3f}" + _delta_mark(r)
     agreement = "-" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%"
     return [
         r["model"],
@@ -92,7 +114,46 @@ def header_lines(env: dict[str, Any]) -> list[str]:
         ),
         *([f"- {env['decode_skipped']}"] if env.get("decode_skipped") else []),
         *([f"- Evaluation: {env['eval_subset']}"] if env.get("eval_subset") else []),
+        *quality_lines(env),
+        *([f"- Original: {env['original_training']}"] if env.get("original_training") else []),
     ]
+
+
+def quality_lines(env: dict[str, Any]) -> list[str]:
+    """How sure the quality figures are (bench/stats.py), and a warning where the test split
+    is too small to resolve 1 point of accuracy (1 % of perplexity); [] for results written
+    before intervals existed."""
+    res = env.get("quality_resolution") or {}
+    if not res:
+        return []
+    accuracy = env.get("metric") == "accuracy"
+    test = (
+        f"McNemar's test (exact binomial up to {EXACT_MCNEMAR_MAX} changed predictions)"
+        if accuracy
+        else f"a paired bootstrap over the test sequences ({BOOTSTRAP_RESAMPLES} resamples)"
+    )
+    lines = [
+        f"- Quality: [95 % interval] by {res['interval']}; Δ vs the original by {test} on the same "
+        f"examples; {NOT_SIGNIFICANT} = within noise (p >= {ALPHA:.2f}: this test split cannot tell "
+        "the row from the original)"
+    ]
+    if res.get("resolves_1pt", True):
+        return lines
+    n = res["n"]
+    if accuracy:
+        lines.append(
+            f"- **The test split is too small to resolve 1 point**: on {n} examples the original's "
+            f"95 % interval is ±{100 * res['half_width']:.1f} pt; the paired test is sharper, yet calls "
+            f"no Δ under {100 * res['min_paired_delta']:.2f} pt significant "
+            f"({round(res['min_paired_delta'] * n)} of {n} predictions, all changing the same way)"
+        )
+    else:
+        rel = res["half_width"] / env["original_quality"] if env.get("original_quality") else float("nan")
+        lines.append(
+            f"- **The test split is too small to resolve 1 % of perplexity**: on {n} sequences the "
+            f"original's 95 % interval is ±{100 * rel:.1f} %"
+        )
+    return lines
 
 
 def decode_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -229,18 +290,34 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
+    env = result["env"]
     metric = rows[0]["metric"] if rows else "quality"
     scale = 100.0 if metric == "accuracy" else 1.0
     ylabel = "accuracy (%)" if metric == "accuracy" else metric
+    res = env.get("quality_resolution") or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, xlabel in (
         (axes[0], "size_bytes", "size on disk (MB)"),
         (axes[1], "cpu_latency_ms_p50", "CPU latency p50, batch 1 (ms)"),
     ):
+        if res.get("quality_low") is not None:  # the original's 95 % interval
+            ax.axhspan(
+                res["quality_low"] * scale,
+                res["quality_high"] * scale,
+                color="0.85",
+                zorder=0,
+                label="original's 95 % interval",
+            )
         for i, r in enumerate(rows):
             x = r[key] / 1e6 if key == "size_bytes" else r[key]
             y = r["quality"] * scale
-            ax.scatter([x], [y], s=36)
+            color = f"C{i % 10}"
+            if r.get("quality_low") is not None and r.get("quality_high") is not None:
+                err = [[y - r["quality_low"] * scale], [r["quality_high"] * scale - y]]
+                ax.errorbar([x], [y], yerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=3)
+            # hollow marker: the delta vs the original is within noise (paired test p >= 0.05)
+            hollow = bool(r.get("within_noise")) and r.get("delta_p") is not None
+            ax.scatter([x], [y], s=36, facecolors="white" if hollow else color, edgecolors=color, zorder=3)
             # alternate label offsets so methods at the same point stay readable
             ax.annotate(
                 r["method"], (x, y), textcoords="offset points", xytext=(5, 4 - 12 * (i % 2)), fontsize=8
@@ -248,6 +325,27 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+    if any(r.get("delta_p") is not None for r in rows):
+        from matplotlib.artist import Artist
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        handles: list[Artist] = [
+            Line2D([], [], marker="o", ls="none", color="0.3", label="Δ vs original significant (p < 0.05)"),
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="none",
+                color="0.3",
+                markerfacecolor="white",
+                label="Δ within noise (n.s.)",
+            ),
+            Line2D([], [], marker="|", ls="none", color="0.3", markersize=10, label="95 % interval"),
+        ]
+        if res.get("quality_low") is not None:
+            handles.append(Patch(color="0.85", label="original's 95 % interval"))
+        axes[0].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(
         f"{result['env'].get('model')}: {ylabel} vs size and latency "
         f"({'higher' if metric == 'accuracy' else 'lower'} is better)"

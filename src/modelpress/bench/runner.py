@@ -36,6 +36,7 @@ from ..models.tasks import TaskAdapter
 from ..recipe import Recipe
 from .env import cpu_flags, environment, tune_allocator
 from .measure import DecodeTiming, Timing, measure_memory, time_generate, time_model, weight_bytes_per_token
+from .stats import quality_stats, resolution
 
 __all__ = ["ROW_KEYS", "BenchOptions", "run_bench"]
 
@@ -172,6 +173,8 @@ def run_bench(
     )
     if subset:
         env["eval_subset"] = subset
+    # what the test split can resolve: the original's 95 % interval (report header)
+    env["quality_resolution"] = resolution(reference)
     rows: list[dict[str, Any]] = []
     bar = tqdm(methods, desc="methods", disable=not options.progress, unit="method")
     for label, recipe in bar:
@@ -222,6 +225,7 @@ def run_bench(
                 "quality_delta": ev.value - reference.value,
                 "agreement": ev.agreement,
                 # extras (not part of the fixed key set above)
+                **quality_stats(reference, ev),  # 95 % interval, paired test of the delta
                 "baseline_rss_mb": mem.get("baseline_rss_mb"),
                 "compress_seconds": compress_s,
                 "method_warnings": method_notes,
@@ -322,6 +326,7 @@ def _ort_row(
         "quality": ev.value,
         "quality_delta": ev.value - reference.value,
         "agreement": ev.agreement,
+        **quality_stats(reference, ev),
         "baseline_rss_mb": mem.get("baseline_rss_mb"),
         "backend": "onnxruntime",
         "method_warnings": [],

@@ -12,7 +12,9 @@ from typing import Any
 
 import platformdirs
 
-__all__ = ["cache_dir", "cache_key", "cached_dir"]
+__all__ = ["cache_dir", "cache_key", "cached_dir", "read_training_note", "write_training_note"]
+
+TRAINING_FILE = "training.json"
 
 
 def cache_dir() -> Path:
@@ -49,3 +51,29 @@ def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def write_training_note(out: Path, result: Any, plan: str | None, metric: str) -> None:
+    """Record how a cached original was trained (a ``training.loop.FitResult``: epochs run,
+    why it stopped, the epoch kept, the validation curve) next to it, for the report."""
+    info = {
+        "summary": result.summary(metric),
+        "plan": plan,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+    }
+    (Path(out) / TRAINING_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def read_training_note(path: Path) -> str | None:
+    """The report's sentence on how the cached original at ``path`` was trained; None for
+    caches written before it was recorded (or an unreadable record)."""
+    try:
+        info = json.loads((Path(path) / TRAINING_FILE).read_text())
+        text = f"trained by modelpress on the train split: {info['summary']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return text + (f" ({info['plan']})" if info.get("plan") else "")

@@ -196,7 +196,8 @@ class CausalLMTask(TaskAdapter):
         t0 = time.perf_counter()
         w = self._windows("test")
         preds = torch.empty(w.shape[0], self.window - 1, dtype=torch.int32)
-        nll, count = 0.0, 0
+        seq_nll = torch.zeros(w.shape[0], dtype=torch.float64)  # (windows,) summed NLL per window
+        seq_tokens = torch.full((w.shape[0],), self.window - 1, dtype=torch.int64)
         n_batches = -(-len(w) // self.eval_batch_size)
         for batch in tqdm(
             self.batches("test", self.eval_batch_size),
@@ -208,12 +209,14 @@ class CausalLMTask(TaskAdapter):
             ids = batch["input_ids"].to(device)
             logits = model(input_ids=ids).logits[:, :-1].float()
             target = ids[:, 1:]
-            nll += F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").item()
-            count += target.numel()
+            per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+            seq_nll[batch["index"]] = per_token.view(target.shape).double().sum(1).cpu()  # (batch,)
             preds[batch["index"]] = logits.argmax(-1).to(torch.int32).cpu()
-        ppl = math.exp(nll / count)
+        ppl = math.exp(seq_nll.sum().item() / seq_tokens.sum().item())
         agree = None if reference is None else (preds == reference).float().mean().item()
-        return Evaluation("perplexity", ppl, preds, agree, time.perf_counter() - t0)
+        return Evaluation(
+            "perplexity", ppl, preds, agree, time.perf_counter() - t0, nll=seq_nll, tokens=seq_tokens
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from ..data.datasets import TextSplits
 from ..errors import ConfigError, DataError
-from ..training.loop import TrainConfig, fit
-from .cache import cache_key, cached_dir
+from ..training.loop import DataSizedSchedule, TrainConfig, config_key, fit
+from .cache import cache_key, cached_dir, read_training_note, write_training_note
 from .sources import ModelSource, read_config, reading
 from .tasks import TASKS, Evaluation, TaskAdapter, check_count, model_device
 from .text import bucketed_batches, check_chat_templates, to_device
@@ -44,6 +44,14 @@ class ClassifierTraining:
     )
     batch_size: int = 32
     max_length: int = 128
+    #: how ``train`` adapts to the size of the train split (None: it runs as configured)
+    schedule: DataSizedSchedule | None = None
+
+
+# The original of a default or user-data bench: one epoch where that is at least 256 steps
+# (Rotten Tomatoes: 299, unchanged since the first release), else trained until validation
+# stops improving (at least 128 steps); at most 3000 steps on large data.
+DEFAULT_TRAINING = ClassifierTraining(schedule=DataSizedSchedule(target_steps=256, max_steps=3000))
 
 
 @TASKS.register("text-classification")
@@ -73,7 +81,8 @@ class TextClassificationTask(TaskAdapter):
             )
         self.source = source
         self.splits = splits
-        self.training = training or ClassifierTraining()
+        self.training = training or DEFAULT_TRAINING
+        self.training_note: str | None = None  # how the cached original was trained (report)
         self.seq_len = seq_len
         self.eval_batch_size = eval_batch_size
         self.num_labels = len(splits.train.label_names)
@@ -98,12 +107,27 @@ class TextClassificationTask(TaskAdapter):
             and len(cfg.get("id2label", {}) or {}) == self.num_labels
         )
 
+    def train_plan(self) -> tuple[TrainConfig, str | None]:
+        """The TrainConfig the original is trained with on this train split, and why it
+        differs from ``training.train`` (None where it does not)."""
+        cfg = self.training.train
+        if self.training.schedule is None:
+            return cfg, None
+        steps_per_epoch = -(-len(self.splits.train) // self.training.batch_size)  # bucketed_batches' count
+        return self.training.schedule.plan(cfg, steps_per_epoch)
+
     def cache_parts(self) -> dict[str, Any]:
+        # keyed by the schedule actually run, so a training that did not change keeps its cache
+        training = {
+            "train": config_key(self.train_plan()[0]),
+            "batch_size": self.training.batch_size,
+            "max_length": self.training.max_length,
+        }
         return {
             "model": self.source.identity,
             "data": self.splits.fingerprint(),
             "labels": self.splits.train.label_names,
-            "training": dataclasses.asdict(self.training),
+            "training": training,
             "code": _TRAIN_CODE_VERSION,
         }
 
@@ -123,6 +147,7 @@ class TextClassificationTask(TaskAdapter):
         with reading(f"the trained original classifier at {path}"):
             model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
             self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.training_note = read_training_note(path)
         return model
 
     def _train_original(self, out: Path, *, progress: bool) -> None:
@@ -142,11 +167,12 @@ class TextClassificationTask(TaskAdapter):
             "training the original %s classifier on %d examples", self.source.name, len(self.splits.train)
         )
         t0 = time.perf_counter()
+        config, why = self.train_plan()
         result = fit(
             model,
             self.loss,
             lambda epoch: self.batches("train", self.training.batch_size, shuffle_seed=epoch),
-            self.training.train,
+            config,
             evaluate=lambda m: self.score(m, "validation"),
             progress=progress,
             desc=f"training the original {self.source.name} classifier (one-time, cached)",
@@ -154,6 +180,7 @@ class TextClassificationTask(TaskAdapter):
         log.info("trained in %.0f s: %s", time.perf_counter() - t0, result.history)
         model.save_pretrained(str(out))
         self.tokenizer.save_pretrained(str(out))
+        write_training_note(out, result, why, f"validation {self.metric}")
 
     # -- data ---------------------------------------------------------------------------
     def _split(self, split: str):
@@ -239,9 +266,10 @@ class TextClassificationTask(TaskAdapter):
         t0 = time.perf_counter()
         preds = self.predict(model, "test", device=device, progress=progress, limit=self.eval_limit)
         labels = torch.tensor(list(self.splits.test.labels or [])[: len(preds)])
-        acc = (preds == labels).float().mean().item()
+        correct = preds == labels
+        acc = correct.float().mean().item()
         agree = None if reference is None else (preds == reference).float().mean().item()
-        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0, correct=correct)
 
     def eval_size(self) -> int | None:
         return len(self.splits.test)
@@ -259,4 +287,5 @@ class TextClassificationTask(TaskAdapter):
             **super().describe(),
             "data": f"{s.name} (train {len(s.train)}, validation {len(s.validation)}, "
             f"test {len(s.test)}, seed {s.seed})",
+            **({"original_training": self.training_note} if self.training_note else {}),
         }

@@ -45,6 +45,13 @@ class Evaluation:
     predictions: torch.Tensor  # task-specific: class ids, or next-token ids
     agreement: float | None = None  # share of predictions equal to the reference's
     seconds: float = 0.0
+    # Per-example outcomes, so that paired tests (bench/stats.py) compare the same examples:
+    # classification: (examples,) bool, whether each test example was classified correctly;
+    # causal LM: (sequences,) float64 summed NLL of each test sequence and (sequences,) int64
+    # tokens scored in it. None where a task keeps none.
+    correct: torch.Tensor | None = None
+    nll: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
 
 
 class TaskAdapter(abc.ABC):

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..data.images import ImageSplits
 from ..errors import ConfigError
-from ..training.loop import TrainConfig, fit
-from .cache import cache_key, cached_dir
+from ..training.loop import DataSizedSchedule, TrainConfig, config_key, fit
+from .cache import cache_key, cached_dir, read_training_note, write_training_note
 from .lenet import LeNet5, LeNet300100
 from .tasks import TASKS, Evaluation, TaskAdapter, model_device
 
@@ -43,6 +43,13 @@ class ImageTraining:
         )
     )
     batch_size: int = 64
+    #: how ``train`` adapts to the size of the train split (None: it runs as configured)
+    schedule: DataSizedSchedule | None = None
+
+
+# 40 epochs where that is at least 1000 steps (MNIST-5k: 2200, unchanged), else trained until
+# validation stops improving (at least 500 steps); at most 20000 steps on large data.
+DEFAULT_TRAINING = ImageTraining(schedule=DataSizedSchedule(target_steps=1000, max_steps=20000))
 
 
 @TASKS.register("image-classification")
@@ -56,15 +63,26 @@ class ImageClassificationTask(TaskAdapter):
             raise ConfigError(f"unknown image architecture '{arch}' (known: {', '.join(ARCHS)})")
         self.arch = arch
         self.splits = splits
-        self.training = training or ImageTraining()
+        self.training = training or DEFAULT_TRAINING
+        self.training_note: str | None = None  # how the cached original was trained (report)
         self.model_name = {"lenet-300-100": "LeNet-300-100", "lenet-5": "LeNet-5"}[arch]
         self.seq_len = 784  # pixels per example, for the report header
 
+    def train_plan(self) -> tuple[TrainConfig, str | None]:
+        """The TrainConfig the original is trained with on this train split, and why it
+        differs from ``training.train`` (None where it does not)."""
+        if self.training.schedule is None:
+            return self.training.train, None
+        steps_per_epoch = -(-len(self.splits.train[1]) // self.training.batch_size)
+        return self.training.schedule.plan(self.training.train, steps_per_epoch)
+
     def cache_parts(self) -> dict[str, Any]:
+        # keyed by the schedule actually run, so a training that did not change keeps its cache
+        training = {"train": config_key(self.train_plan()[0]), "batch_size": self.training.batch_size}
         return {
             "arch": self.arch,
             "data": self.splits.fingerprint(),
-            "training": dataclasses.asdict(self.training),
+            "training": training,
             "code": _TRAIN_CODE_VERSION,
         }
 
@@ -74,21 +92,24 @@ class ImageClassificationTask(TaskAdapter):
         )
         model = ARCHS[self.arch]()
         model.load_state_dict(load_file(str(path / "model.safetensors")))
+        self.training_note = read_training_note(path)
         return model.eval()
 
     def _train(self, out: Path, progress: bool) -> None:
         torch.manual_seed(self.training.train.seed)
         model = ARCHS[self.arch]()
-        fit(
+        config, why = self.train_plan()
+        result = fit(
             model,
             self.loss,
             lambda epoch: self.batches("train", self.training.batch_size, shuffle_seed=epoch),
-            self.training.train,
+            config,
             evaluate=lambda m: self.score(m, "validation"),
             progress=progress,
             desc=f"training the original {self.model_name} (one-time, cached)",
         )
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        write_training_note(out, result, why, f"validation {self.metric}")
 
     def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -139,9 +160,10 @@ class ImageClassificationTask(TaskAdapter):
     ) -> Evaluation:
         t0 = time.perf_counter()
         preds = self.predict(model, "test", device)
-        acc = (preds == self.splits.test[1]).float().mean().item()
+        correct = preds == self.splits.test[1]
+        acc = correct.float().mean().item()
         agree = None if reference is None else (preds == reference).float().mean().item()
-        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0)
+        return Evaluation("accuracy", acc, preds, agree, time.perf_counter() - t0, correct=correct)
 
     def describe(self) -> dict[str, Any]:
         s = self.splits
@@ -150,4 +172,5 @@ class ImageClassificationTask(TaskAdapter):
             "seq_len": "1 image of 28x28",
             "data": f"{s.name} (train {len(s.train[1])}, validation {len(s.validation[1])}, "
             f"test {len(s.test[1])}, seed {s.seed})",
+            **({"original_training": self.training_note} if self.training_note else {}),
         }

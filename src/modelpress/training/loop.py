@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 
-__all__ = ["Checkpointing", "FitResult", "TrainConfig", "fit", "seed_everything"]
+__all__ = [
+    "Checkpointing",
+    "DataSizedSchedule",
+    "FitResult",
+    "TrainConfig",
+    "config_key",
+    "fit",
+    "seed_everything",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (over all epochs)
     patience: int | None = 1  # epochs without improvement before stopping; None = never
     seed: int = 0
+    min_steps: int | None = None  # early stopping never ends a run before this many optimizer steps
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -58,6 +67,67 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.min_steps is not None and self.min_steps < 0:
+            raise ConfigError(f"min_steps must be >= 0, got {self.min_steps}")
+
+
+# Fields added to TrainConfig after caches were first keyed by it; left at None they change
+# nothing, so ``config_key`` leaves them out and those caches stay valid.
+_LATER_FIELDS = ("min_steps",)
+
+
+def config_key(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as a dict for cache keys: the fields of ``_LATER_FIELDS`` left at None are
+    dropped, so a training that did not change keeps its key."""
+    d = dataclasses.asdict(config)
+    return {k: v for k, v in d.items() if not (k in _LATER_FIELDS and v is None)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSizedSchedule:
+    """How long to train an original on data of any size, in optimizer steps.
+
+    Where ``epochs`` epochs of the train split are fewer than ``target_steps`` steps (a small
+    user dataset: one epoch of 497 examples at batch 32 is 16 steps, which barely moves a
+    pretrained classifier off the majority class), the run is planned for as many epochs as
+    ``target_steps`` take, and early stopping ends it once the validation metric has not
+    improved for more than a quarter of them (at least 3 epochs), never before half of
+    ``target_steps``; the best validation epoch is kept. Where the planned epochs are more
+    than ``max_steps`` steps (a large dataset), the run stops at ``max_steps``. In between
+    the configured schedule runs unchanged.
+    """
+
+    target_steps: int
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_steps < 1 or (self.max_steps is not None and self.max_steps < self.target_steps):
+            raise ConfigError(
+                f"need 1 <= target_steps <= max_steps, got {self.target_steps} and {self.max_steps}"
+            )
+
+    def plan(self, config: TrainConfig, steps_per_epoch: int) -> tuple[TrainConfig, str | None]:
+        """The config to run on a train split of ``steps_per_epoch`` batches, and a sentence
+        saying how it differs from ``config`` (None where it does not)."""
+        spe = max(1, steps_per_epoch)
+        planned = spe * config.epochs
+        if planned < self.target_steps:
+            epochs = -(-self.target_steps // spe)
+            patience = max(2, -(-epochs // 4))
+            new = dataclasses.replace(
+                config, epochs=epochs, patience=patience, min_steps=self.target_steps // 2
+            )
+            return new, (
+                f"the train split is small ({spe} steps an epoch): planned for {epochs} epochs "
+                f"({spe * epochs} steps), early stopping after {patience + 1} epochs without a better "
+                f"validation score, not before step {self.target_steps // 2}"
+            )
+        if self.max_steps is not None and planned > self.max_steps:
+            if config.max_steps is None or config.max_steps > self.max_steps:
+                return dataclasses.replace(config, max_steps=self.max_steps), (
+                    f"the train split is large ({spe} steps an epoch): capped at {self.max_steps} steps"
+                )
+        return config, None
 
 
 @dataclasses.dataclass
@@ -67,6 +137,20 @@ class FitResult:
     history: list[dict[str, float]]  # one entry per epoch: loss, metric
     best_metric: float | None
     best_epoch: int | None
+    stop_reason: str = ""  # why the run ended: planned epochs done, step cap, or early stop
+
+    def summary(self, metric: str = "validation metric") -> str:
+        """One sentence for reports: epochs run, why it stopped, the epoch kept, the curve."""
+        scored = [e for e in self.history if "metric" in e]
+        if len(scored) <= 16:
+            curve = ", ".join(f"{e['metric']:.4g}" for e in scored)
+        else:  # long runs: 12 epochs spread over the run, the last included, with their numbers
+            picks = sorted({round(i * (len(scored) - 1) / 11) for i in range(12)})
+            curve = ", ".join(f"{scored[i]['epoch']}: {scored[i]['metric']:.4g}" for i in picks)
+        out = f"{len(self.history)} epochs ({self.steps} steps), stopped: {self.stop_reason}"
+        if self.best_epoch is not None and self.best_metric is not None:
+            out += f"; kept epoch {self.best_epoch} ({metric} {self.best_metric:.4g})"
+        return out + (f"; {metric} by epoch: {curve}" if curve else "")
 
 
 def seed_everything(seed: int) -> None:
@@ -276,6 +360,7 @@ def fit(
         }
         _save_checkpoint(ckpt_dir, model, opt, info, None if best is None else best[2])
 
+    stop_reason = f"all {config.epochs} epochs run"
     start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, unit="step", leave=False)
     try:
@@ -321,13 +406,21 @@ def fit(
                     bad_epochs += 1
                 log.info("%s epoch %d: loss %.4f, metric %.4f", desc, epoch + 1, entry["loss"], metric)
             history.append(entry)
-            stop = step >= total or (config.patience is not None and bad_epochs > config.patience)
+            early = (
+                config.patience is not None
+                and bad_epochs > config.patience
+                and (config.min_steps is None or step >= config.min_steps)
+            )
+            stop = step >= total or early
             if checkpoint is not None:
                 # the next epoch starts at its first batch (or the run is complete)
                 save_state(config.epochs if stop else epoch + 1, 0)
             if step >= total:
+                capped = config.max_steps is not None and config.max_steps < steps_per_epoch * config.epochs
+                stop_reason = f"step cap of {total} reached" if capped else f"all {config.epochs} epochs run"
                 break
-            if config.patience is not None and bad_epochs > config.patience:
+            if early:
+                stop_reason = f"no better validation score for {bad_epochs} epochs"
                 log.info("%s: early stop after epoch %d", desc, epoch + 1)
                 break
     finally:
@@ -341,4 +434,5 @@ def fit(
         history=history,
         best_metric=None if best is None else best[0],
         best_epoch=None if best is None else best[1],
+        stop_reason=stop_reason,
     )
