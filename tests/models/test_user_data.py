@@ -177,3 +177,18 @@ def test_hf_image_directory_uses_its_preprocessing_and_head(tmp_path):
     (d / "config.json").write_text(json.dumps(bad))
     with pytest.raises(mp.ConfigError, match="cannot tell the task"):
         resolve_model(str(d), data=str(root))
+
+
+def test_a_generic_directory_name_gives_way_to_the_models_own_name(tmp_path):
+    from modelpress.models.sources import local_source
+
+    d = write_hf_image_model(tmp_path / "model", "resnet")
+    assert local_source(str(d)).name == "ResNetForImageClassification"
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["_name_or_path"] = "microsoft/resnet-18"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert local_source(str(d)).name == "microsoft/resnet-18"
+    cfg["_name_or_path"] = str(tmp_path)  # a local path is never shown
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert local_source(str(d)).name == "ResNetForImageClassification"
+    assert local_source(str(write_hf_image_model(tmp_path / "my-resnet", "resnet"))).name == "my-resnet"
