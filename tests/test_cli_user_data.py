@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -101,7 +102,8 @@ def test_bench_causal_lm_on_a_text_file(tmp_path, tiny_llama_dir):
         (["--model", "shufflenet_v2_x0_5", "--data", "{pets}", "--image-size", "3x"], "--image-size takes"),
         (["--model", "shufflenet_v2_x0_5", "--data", "{pets}", "--weights", "{w7}"], "does not fit"),
         (["--model", "smollm2", "--data", "{empty}"], "is empty"),
-        (["--model", "minilm", "--data", "{pets}", "--image-size", "32"], "apply to image models"),
+        (["--model", "minilm", "--data", "{pets}", "--image-size", "32"], "--image-size applies to"),
+        (["--model", "lenet-300-100", "--data", "{npz}"], "10 images but 9 labels"),
     ],
 )
 def test_bad_user_input_is_one_error_line(tmp_path, args, message):
@@ -115,6 +117,8 @@ def test_bad_user_input_is_one_error_line(tmp_path, args, message):
     save_file({k: v.contiguous() for k, v in w7.items()}, str(tmp_path / "w7.safetensors"))
     paths = {"flat": flat, "pets": pets, "broken": broken, "empty": tmp_path / "empty.txt"}
     paths["w7"] = tmp_path / "w7.safetensors"
+    np.savez(tmp_path / "m.npz", x=np.zeros((10, 28, 28), np.uint8), y=np.arange(9) % 2)
+    paths["npz"] = tmp_path / "m.npz"
     argv = [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
     res = runner.invoke(app, ["bench", *argv, *FAST, "--no-memory", "--output", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output

@@ -59,7 +59,7 @@ def test_bad_text_files_are_one_clear_error(tmp_path):
         resolve_model("minilm", data=str(latin))
     with pytest.raises(mp.DataError, match="need at least 50 labelled examples"):
         resolve_model("minilm", data=str(_csv(tmp_path / "few.csv", n=20)))
-    with pytest.raises(mp.ConfigError, match="--image-size apply to image models"):
+    with pytest.raises(mp.ConfigError, match="--image-size applies to image models"):
         resolve_model("minilm", image=ImageOptions(size=[32]))
 
 

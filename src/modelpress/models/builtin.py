@@ -68,6 +68,11 @@ class ImageOptions:
         self.std = None if std is None else tuple(float(v) for v in std)
         self.seed = seed
 
+    def named(self) -> str:
+        """``--image-size applies`` / ``--image-size, --image-std apply``, for messages."""
+        given = self.given()
+        return f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'}"
+
     def given(self) -> list[str]:
         return [n for n, v in (("--image-size", self.size), ("--image-mean", self.mean),
                                ("--image-std", self.std)) if v is not None]  # fmt: skip
@@ -108,7 +113,7 @@ def _smollm2(
 def _lenet(arch: str, data: str | None, image: ImageOptions) -> TaskAdapter:
     if data is None:
         if image.given():
-            raise ConfigError(f"{', '.join(image.given())} apply to --data images; MNIST-5k is used as it is")
+            raise ConfigError(f"{image.named()} to --data images; MNIST-5k is used as it is")
         return ImageClassificationTask(arch, mnist_5k(seed=0))
     if image.size is not None and image.size != (28, 28):
         raise ConfigError(f"{arch} takes 28x28 images (--image-size 28), not {image.size[0]}x{image.size[1]}")
@@ -253,7 +258,7 @@ def resolve_model(
                 f"--weights applies to a torchvision architecture by name, not built-in '{model}'"
             )
         if default != "image-classification" and image.given():
-            raise ConfigError(f"{', '.join(image.given())} apply to image models, not '{model}'")
+            raise ConfigError(f"{image.named()} to image models, not '{model}'")
         return BUILTIN_MODELS.get(model)(seq_len=seq_len, eval_tokens=eval_tokens, data=data, image=image)
     if _torchvision_name(model):
         if task is not None and task != "image-classification":
@@ -292,7 +297,7 @@ def resolve_model(
             "image-classification"
         )
     if task != "image-classification" and image.given():
-        raise ConfigError(f"{', '.join(image.given())} apply to image models, not the {task} task")
+        raise ConfigError(f"{image.named()} to image models, not the {task} task")
     if task == "image-classification":
         if not source.is_local:
             raise ConfigError(f"image model '{model}' must be a local directory (or a torchvision name)")
