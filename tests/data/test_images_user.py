@@ -75,6 +75,11 @@ def test_idx_directory_takes_its_test_split_from_t10k(tmp_path):
         read_image_data(raw, ImagePreprocess(channels=1)).fingerprint()
         == read_image_data(root, ImagePreprocess(channels=1)).fingerprint()
     )
+    # without t10k files the test split is cut from train too
+    for f in raw.glob("t10k-*"):
+        f.unlink()
+    s = read_image_data(raw, ImagePreprocess(channels=1))
+    assert [len(s.train[1]), len(s.validation[1]), len(s.test[1])] == [45, 6, 9] and "seed 0" in s.split_note
 
 
 def test_bad_image_data_is_one_clear_error(tmp_path):

@@ -448,6 +448,8 @@ def read_image_data(
             raw[split] = (list(x), y)
         if "train" not in raw:
             raise DataError(f"{path}: no train-images-idx3-ubyte / train-labels-idx1-ubyte pair")
+        if "test" not in raw:  # no t10k files: all three splits are cut from train
+            raw["all"] = raw.pop("train")
     elif path.is_dir():
         given = {
             split: d for split, dirs in _SPLIT_DIRS.items() for d in (path / n for n in dirs) if d.is_dir()
