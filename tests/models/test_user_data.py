@@ -175,6 +175,9 @@ def test_hf_image_directory_uses_its_preprocessing_and_head(tmp_path):
     bad = json.loads((d / "config.json").read_text())
     bad["architectures"] = ["SomethingElse"]
     (d / "config.json").write_text(json.dumps(bad))
+    assert resolve_model(str(d), data=str(root)).task == "image-classification"  # pixels in: num_channels
+    del bad["num_channels"]
+    (d / "config.json").write_text(json.dumps(bad))
     with pytest.raises(mp.ConfigError, match="cannot tell the task"):
         resolve_model(str(d), data=str(root))
 

@@ -145,7 +145,10 @@ def _infer_task(config: dict) -> str | None:
     archs = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
     if any(a.endswith("ForCausalLM") for a in archs):
         return "causal-lm"
-    if any(a.endswith("ForImageClassification") for a in archs):
+    # an image classifier, or a vision backbone (ViTModel ...): pixels in, no vocabulary
+    if any(a.endswith("ForImageClassification") for a in archs) or (
+        "num_channels" in config and "vocab_size" not in config
+    ):
         return "image-classification"
     if any(a.endswith(("ForSequenceClassification", "Model")) for a in archs):
         return "text-classification"
