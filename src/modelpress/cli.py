@@ -9,7 +9,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError, ModelpressError
+
+if TYPE_CHECKING:
+    from .models.builtin import ImageOptions
 
 app = typer.Typer(
     help="Compress PyTorch / Hugging Face models and measure what each method buys.",
@@ -34,18 +37,55 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Built-in model (minilm, smollm2), a local Hugging Face model directory, or a hub id.",
+        help="Built-in model (minilm, smollm2, lenet-5, lenet-300-100), a torchvision architecture "
+        "(resnet18 ...), a local Hugging Face model directory, or a hub id.",
     ),
 ]
 TaskOpt = Annotated[
     str | None,
     typer.Option(
-        "--task", help="text-classification or causal-lm (inferred from the model's config if omitted)."
+        "--task",
+        help="text-classification, causal-lm or image-classification (inferred from the model if omitted).",
     ),
 ]
 DataOpt = Annotated[
     str | None,
-    typer.Option("--data", help="CSV / JSONL file with a 'text' column (and 'label' for classification)."),
+    typer.Option(
+        "--data",
+        help="Your data: CSV / JSONL with 'text' (and 'label' for classification), .txt for causal LMs; "
+        "images as a folder with one sub-folder per class, an .npz file, or a directory of IDX files.",
+    ),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="A .safetensors state dict for a torchvision --model (used as given; without it the "
+        "architecture is trained here from random init).",
+    ),
+]
+ImageSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-size",
+        help="Images are resized to SIZE or HEIGHTxWIDTH (default: the model's; torchvision 224).",
+    ),
+]
+ImageMeanOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-mean", help="Per-channel mean of [0, 1] pixels, e.g. 0.5,0.5,0.5 (default: the model's)."
+    ),
+]
+ImageStdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-std", help="Per-channel std of [0, 1] pixels, e.g. 0.5,0.5,0.5 (default: the model's)."
+    ),
+]
+SplitSeedOpt = Annotated[
+    int,
+    typer.Option("--split-seed", help="Seed of the train / validation / test split of --data images."),
 ]
 # Counts are checked by the library (one ``error:`` line for 0 or -1, as for any bad input).
 SeqLenOpt = Annotated[
@@ -58,6 +98,35 @@ EvalTokensOpt = Annotated[
         "--eval-tokens", help="Causal LM: tokens in the perplexity slice, >= 512 (one window; 8192)."
     ),
 ]
+
+
+def _floats(value: str | None, what: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        out = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{what} takes numbers separated by commas, got {value!r}") from None
+    if not out:
+        raise ConfigError(f"{what} takes numbers separated by commas, got {value!r}")
+    return out
+
+
+def _image_options(size: str | None, mean: str | None, std: str | None, seed: int) -> ImageOptions:
+    """The image options as the library takes them; a bad value is one ``ConfigError``."""
+    from .models.builtin import ImageOptions
+
+    dims: list[int] | None = None
+    if size is not None:
+        try:
+            dims = [int(v) for v in size.lower().replace(" ", "").split("x")]
+        except ValueError:
+            raise ConfigError(
+                f"--image-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 32x48), got {size!r}"
+            ) from None
+        if len(dims) not in (1, 2) or min(dims) < 1:
+            raise ConfigError(f"--image-size takes SIZE or HEIGHTxWIDTH (e.g. 224 or 32x48), got {size!r}")
+    return ImageOptions(dims, _floats(mean, "--image-mean"), _floats(std, "--image-std"), seed)
 
 
 def _quiet_libraries() -> None:
@@ -122,6 +191,11 @@ def bench(
             help="Comma-separated method names (see `modelpress methods`) and/or recipe YAML files.",
         ),
     ] = DEFAULT_METHODS,
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_mean: ImageMeanOpt = None,
+    image_std: ImageStdOpt = None,
+    split_seed: SplitSeedOpt = 0,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output directory (default: results/<model>).")
     ] = None,
@@ -179,7 +253,15 @@ def bench(
 
     try:
         recipes = resolve_methods(methods)
-        adapter = resolve_model(model, task=task, data=data, seq_len=seq_len, eval_tokens=eval_tokens)
+        adapter = resolve_model(
+            model,
+            task=task,
+            data=data,
+            seq_len=seq_len,
+            eval_tokens=eval_tokens,
+            weights=weights,
+            image=_image_options(image_size, image_mean, image_std, split_seed),
+        )
         out = output or Path("results") / _slug(model)
         result = run_bench(
             adapter,
@@ -267,6 +349,11 @@ def compress(
     model: ModelOpt = "minilm",
     task: TaskOpt = None,
     data: DataOpt = None,
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_mean: ImageMeanOpt = None,
+    image_std: ImageStdOpt = None,
+    split_seed: SplitSeedOpt = 0,
 ) -> None:
     """Compress a model and save the artifact (model.safetensors + manifest.json, tokenizer in tokenizer/)."""
     from . import api
@@ -279,7 +366,13 @@ def compress(
         recipe = Recipe()
         for _, r in resolve_methods(methods):
             recipe = recipe + r
-        adapter = resolve_model(model, task=task, data=data)
+        adapter = resolve_model(
+            model,
+            task=task,
+            data=data,
+            weights=weights,
+            image=_image_options(image_size, image_mean, image_std, split_seed),
+        )
         # A tokenizer that cannot be saved (a chat template named '../x') is refused before any
         # work, and again once the original is loaded (which may bring its own tokenizer).
         tok = getattr(adapter, "tokenizer", None)
@@ -308,6 +401,11 @@ def evaluate(
     task: TaskOpt = None,
     data: DataOpt = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_mean: ImageMeanOpt = None,
+    image_std: ImageStdOpt = None,
+    split_seed: SplitSeedOpt = 0,
 ) -> None:
     """Evaluate a saved artifact on the task and data of --model (agreement with that original)."""
     from . import api
@@ -315,7 +413,13 @@ def evaluate(
 
     try:
         dev = str(api._device(device))  # an unknown device is one error line, before any work
-        adapter = resolve_model(model, task=task, data=data)
+        adapter = resolve_model(
+            model,
+            task=task,
+            data=data,
+            weights=weights,
+            image=_image_options(image_size, image_mean, image_std, split_seed),
+        )
         loaded = api.load(artifact, device=dev)
         reference = adapter.evaluate(adapter.load_original().to(dev), device=dev)
         ev = adapter.evaluate(loaded, reference=reference.predictions, device=dev)
@@ -356,13 +460,24 @@ def export(
     check_metric: Annotated[
         bool, typer.Option(help="Also compare the task metric of the ONNX and the torch model.")
     ] = True,
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_mean: ImageMeanOpt = None,
+    image_std: ImageStdOpt = None,
+    split_seed: SplitSeedOpt = 0,
 ) -> None:
     """Export an artifact to ONNX (compressed formats as ONNX Runtime operators), checked in ONNX Runtime."""
     from .deploy import export as export_model
     from .models.builtin import resolve_model
 
     try:
-        adapter = resolve_model(model, task=task, data=data)
+        adapter = resolve_model(
+            model,
+            task=task,
+            data=data,
+            weights=weights,
+            image=_image_options(image_size, image_mean, image_std, split_seed),
+        )
         report = export_model(
             artifact,
             output,

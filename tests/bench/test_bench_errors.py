@@ -79,7 +79,7 @@ CLI_CASES = [
     (["--model", "{a-file}"], "model directory not found"),
     (["--task", "nope"], "unknown task 'nope'"),
     (["--task", "causal-lm"], "runs the text-classification task, not causal-lm"),
-    (["--data", "{tmp}/d.csv"], "has its own data"),
+    (["--data", "{tmp}/d.csv"], "data file not found"),  # the built-in MiniLM takes --data
     # methods and recipe files
     (["--methods", "fp32,int9"], "unknown benchmark method 'int9'"),
     (["--methods", ","], "no methods given"),

@@ -89,7 +89,7 @@ def test_resolve_model(tiny_bert_dir, tiny_llama_dir, tmp_path):
         resolve_model("minilm", task="translation")
     with pytest.raises(ConfigError, match="runs the text-classification task"):
         resolve_model("minilm", task="causal-lm")
-    with pytest.raises(ConfigError, match="has its own data"):
+    with pytest.raises(DataError, match=r"data file not found: x\.csv"):  # built-ins take --data now
         resolve_model("smollm2", data="x.csv")
     assert resolve_model("someorg/somemodel", task="causal-lm").source.path == "someorg/somemodel"
 

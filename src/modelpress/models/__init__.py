@@ -2,5 +2,13 @@
 
 from .architectures import ARCHITECTURES, register_architecture
 from .tasks import TASKS, Evaluation, TaskAdapter
+from .tv import TorchvisionClassifier  # registers the "torchvision" architecture for load()
 
-__all__ = ["ARCHITECTURES", "TASKS", "Evaluation", "TaskAdapter", "register_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "TASKS",
+    "Evaluation",
+    "TaskAdapter",
+    "TorchvisionClassifier",
+    "register_architecture",
+]

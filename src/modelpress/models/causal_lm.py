@@ -64,13 +64,16 @@ class CausalLMTask(TaskAdapter):
         text: str,
         *,
         text_name: str = "text",
-        eval_tokens: int = 8192,
+        eval_tokens: int | None = 8192,
         window: int = 512,
         seq_len: int = 128,
         eval_batch_size: int = 4,
     ) -> None:
         check_count(seq_len, "--seq-len")
         check_count(window, "the evaluation window", 2)
+        # None: 8,192 tokens, or fewer (whole windows, at least one) where the text is short
+        self._auto_eval = eval_tokens is None
+        eval_tokens = 8192 if eval_tokens is None else eval_tokens
         check_count(eval_tokens, f"--eval-tokens (at least one window of {window} tokens)", window)
         check_count(eval_batch_size, "the evaluation batch size")
         self.source = source
@@ -119,11 +122,15 @@ class CausalLMTask(TaskAdapter):
     def tokens(self) -> torch.Tensor:
         if self._tokens is None:
             ids = self.tokenizer(self.text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+            if self._auto_eval:  # test + half as much validation + one training window fit the text
+                fit = (len(ids) - self.window) * 2 // 3 // self.window * self.window
+                self.eval_tokens = max(self.window, min(self.eval_tokens, fit))
             need = self.eval_tokens + self.eval_tokens // 2 + self.window
             if len(ids) < max(need, self.seq_len * 2):
                 raise DataError(
-                    f"{self.text_name}: {len(ids)} tokens is too little text (need at least {need} for "
-                    f"--eval-tokens {self.eval_tokens})"
+                    f"{self.text_name}: {len(ids)} tokens is too little text (need at least "
+                    f"{max(need, self.seq_len * 2)} for --eval-tokens {self.eval_tokens}"
+                    + (")" if not self._auto_eval else f", one window of {self.window} tokens to test on)")
                 )
             self._tokens = ids
         return self._tokens

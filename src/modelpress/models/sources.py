@@ -12,7 +12,7 @@ from pathlib import Path
 from ..data.datasets import package_dir
 from ..errors import DataError, ModelpressError
 
-__all__ = ["ModelSource", "local_source", "minilm_source", "reading", "smollm2_source"]
+__all__ = ["ModelSource", "display_name", "local_source", "minilm_source", "reading", "smollm2_source"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +67,44 @@ def local_source(path: str) -> ModelSource:
         h = hashlib.sha256(cfg.read_bytes())
         for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
             h.update(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}".encode())
-        return ModelSource(p.name, str(p.resolve()), "dir:" + h.hexdigest()[:16])
+        return ModelSource(display_name(p), str(p.resolve()), "dir:" + h.hexdigest()[:16])
     looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not p.suffix
     if not looks_like_hub_id:
         raise DataError(f"model directory not found: {path}")
     return ModelSource(path, path, "hub:" + path)
+
+
+#: directory names that say nothing about the model in them
+_GENERIC_DIRS = frozenset(
+    {"model", "models", "hf", "output", "outputs", "final", "weights", "export", "best"}
+)
+
+
+def display_name(path: Path) -> str:
+    """The name of a model directory in tables: the directory's own name, unless it is a
+    generic one (``model``, ``checkpoint-500`` ...); then the hub id the config names in
+    ``_name_or_path`` (never a local path), else its first ``architectures`` entry."""
+    name = path.name
+    if name.lower() not in _GENERIC_DIRS and not name.lower().startswith("checkpoint"):
+        return name
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return name
+    if not isinstance(config, dict):
+        return name
+    origin = config.get("_name_or_path")
+    if (
+        isinstance(origin, str)
+        and origin.count("/") == 1
+        and not origin.startswith((".", "/", "~"))
+        and not Path(origin).expanduser().exists()
+    ):
+        return origin
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and isinstance(archs[0], str):
+        return archs[0]
+    return name
 
 
 def read_config(source: ModelSource) -> dict:

@@ -20,7 +20,11 @@ import sys
 import types
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..errors import ConfigError
+from .architectures import register_architecture
 
 __all__ = [
     "TORCHVISION_NOTE",
@@ -142,3 +146,43 @@ def install_import_fallback() -> None:
     except (ImportError, ValueError):
         return
     sys.meta_path.insert(0, _Fallback())
+
+
+@register_architecture("torchvision")
+class TorchvisionClassifier(nn.Module):
+    """A torchvision classification architecture by builder name, registered so that its
+    artifacts load without pickle (the manifest stores ``name`` and ``num_classes``; the name
+    must be one of torchvision's builders). The network is ``self.net``, so a torchvision
+    state dict loads into ``self.net`` as it is; ``class_names`` travel in the manifest.
+    ``forward(x)`` returns the logits (the main output where a network also returns auxiliary
+    ones in training mode)."""
+
+    def __init__(self, name: str, num_classes: int = 1000, class_names: list[str] | None = None) -> None:
+        super().__init__()
+        from .lenet import check_class_names
+
+        if not isinstance(name, str) or isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise ConfigError(f"a torchvision model needs a name and an integer class count, got {name!r}")
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.name = name
+        self.num_classes = num_classes
+        try:
+            self.class_names = check_class_names(class_names, num_classes)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if name in ("googlenet", "inception_v3"):
+            kwargs["aux_logits"] = False  # no auxiliary heads: one output, and no weights to load for them
+            kwargs["init_weights"] = True
+        self.net = torchvision_architecture(name, **kwargs)
+
+    def arch_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"name": self.name, "num_classes": self.num_classes}
+        if self.class_names is not None:
+            args["class_names"] = list(self.class_names)
+        return args
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out[0] if isinstance(out, tuple) else out
