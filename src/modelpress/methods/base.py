@@ -310,10 +310,19 @@ class CompressContext:
         """``data``, checked to provide batches and a loss (and ``score`` if asked), or one
         clear ``ConfigError`` naming the method and what it needs the data for."""
         proto = TaskData if score else CalibrationData
+        if score and isinstance(self.data, CalibrationData) and getattr(self.data, "task", None) == "user":
+            msg = (
+                f"{method}: no eval_fn given, so it trains its epochs and keeps the last one "
+                "(eval_fn=(model -> float) lets it keep the best epoch)"
+            )
+            if not isinstance(self.data, TaskData) and msg not in self.notes:  # a user's batches
+                self.note(msg)
+            return typing.cast(TaskData, self.data)
         if not isinstance(self.data, proto):
-            need = "batches(), loss() and score()" if score else "batches() and loss()"
+            need = "batches (any iterable of batches such as a DataLoader, or a task adapter"
+            need += " with score())" if score else ")"
             got = "no data" if self.data is None else f"a {type(self.data).__name__}"
-            raise ConfigError(f"{method} needs {why}: pass data= with {need} (a task adapter), got {got}")
+            raise ConfigError(f"{method} needs {why}: pass data= with {need}, got {got}")
         return typing.cast(TaskData, self.data)
 
 
