@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -154,7 +154,11 @@ class _Data:
 
     def batches(self, epoch: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         if self.user is not None:
-            return (_user_batch(self.user, b) for b in self.user.batches("train", self.batch_size))
+            batches: Iterable[Any] = self.user.batches("train", self.batch_size)
+            if isinstance(self.user.data, (list, tuple)):  # in memory: a seeded shuffle per epoch, as before
+                batches = list(batches)
+                random.Random(seed + epoch).shuffle(batches)
+            return (_user_batch(self.user, b) for b in batches)
         if self.adapter is not None:
             return iter(self.adapter.batches("train", self.batch_size, shuffle_seed=seed + epoch))
         order = list(range(len(self.fixed)))
@@ -176,7 +180,11 @@ _USER_BATCH = "_modelpress_user_batch"
 
 def _user_batch(data: UserData, batch: Any) -> dict[str, Any]:
     """A user's batch in the dict shape the losses read: the batch (run through the data's
-    forward) and its integer labels where it has them (hard-label cross-entropy)."""
+    forward) and its integer labels where it has them (hard-label cross-entropy). A dict of
+    tensors with the default forward is model-ready as it is (a transformers batch: hidden
+    states and attentions can be distilled)."""
+    if isinstance(batch, dict) and data.forward_fn is None:
+        return batch
     out: dict[str, Any] = {_USER_BATCH: (data, batch)}
     labels = data.labels(batch)
     if labels is not None:
