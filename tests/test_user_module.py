@@ -186,6 +186,12 @@ def test_bad_data_gets_one_clear_error(net):
         mp.compress(net, "int8-dynamic", loss_fn=lambda m, b: m(b).sum(), progress=False)
     with pytest.raises(mp.ConfigError, match="forward_fn must be a function"):
         mp.compress(net, "gptq-4bit", data=image_loader(), forward_fn=3, progress=False)  # type: ignore[arg-type]
+    with pytest.raises(
+        DataError,
+        match=r"gptq: the default forward \(model\(\*inputs\)\) failed on a batch of "
+        r"list\(list\(tensor\[2, 3\]\)\).*pass forward_fn=",
+    ):
+        mp.compress(net, "gptq-4bit", data=[[[torch.zeros(2, 3)]]], progress=False)
     with pytest.raises(DataError, match="cannot feed a batch of type a str"):
         mp.compress(net, "gptq-4bit", data=["not a batch"], progress=False)
     with pytest.raises(DataError, match="loss_fn must return a scalar tensor"):

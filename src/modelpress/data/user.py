@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelpressError
 from ..models.tasks import model_device
 
 __all__ = ["ForwardFn", "LossFn", "ScoredUserData", "UserData", "as_data", "output_tensor", "to_device"]
@@ -136,7 +136,18 @@ class UserData:
         """``forward_fn(model, batch)``, or the default forward of the batch's shape."""
         if self.forward_fn is not None:
             return self.forward_fn(model, batch)
-        return model_call(model, self.inputs(batch))
+        inputs = self.inputs(batch)
+        try:
+            return model_call(model, inputs)
+        except ModelpressError:
+            raise  # raised inside the forward by modelpress itself (a hook, a kernel): already clear
+        except (TypeError, RuntimeError, ValueError, IndexError) as e:
+            # the default forward guessed the inputs of a batch the model does not take
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DataError(
+                f"{self._who()}: the default forward ({_call_form(inputs)}) failed on a batch of "
+                f"{_describe(batch)}: {first}; pass forward_fn=(model, batch) -> output"
+            ) from e
 
     def inputs(self, batch: Any) -> Any:
         """The model's inputs in a batch (see the module docstring), on no device yet."""
@@ -277,6 +288,25 @@ def as_data(
             data, eval_fn=eval_fn, forward_fn=forward_fn, loss_fn=loss_fn, higher_is_better=higher_is_better
         )
     return UserData(data, forward_fn=forward_fn, loss_fn=loss_fn)
+
+
+def _call_form(inputs: Any) -> str:
+    if isinstance(inputs, Mapping):
+        return "model(**batch)"
+    if isinstance(inputs, (tuple, list)):
+        return "model(*inputs)"
+    return "model(inputs)"
+
+
+def _describe(batch: Any) -> str:
+    """``tuple(tensor[16, 3, 12, 12], tensor[16])``-style summary of a batch."""
+    if isinstance(batch, torch.Tensor):
+        return f"tensor{list(batch.shape)}"
+    if isinstance(batch, Mapping):
+        return "dict(" + ", ".join(f"{k}={_describe(v)}" for k, v in list(batch.items())[:6]) + ")"
+    if isinstance(batch, (tuple, list)):
+        return f"{type(batch).__name__}(" + ", ".join(_describe(v) for v in batch[:6]) + ")"
+    return type(batch).__name__
 
 
 def _kind(obj: Any) -> str:
