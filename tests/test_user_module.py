@@ -165,10 +165,13 @@ def test_small_transformer_modules_take_a_plain_dataloader(tmp_path, tiny_bert):
     ]
     bert = mp.compress(tiny_bert, "gptq-4bit", data=batches, progress=False)
     mp.save(bert, tmp_path / "bert")
+    inputs = {k: v for k, v in batches[0].items() if k != "labels"}
     with torch.no_grad():
-        want = bert(**{k: v for k, v in batches[0].items() if k != "labels"}).logits
-        got = mp.load(tmp_path / "bert")(**{k: v for k, v in batches[0].items() if k != "labels"}).logits
-    assert torch.equal(got, want)
+        want = bert(**inputs).logits
+        assert torch.equal(mp.load(tmp_path / "bert")(**inputs).logits, want)
+        # model= works for a transformers artifact too: the instance stands for the base
+        fresh = type(tiny_bert)(tiny_bert.config)
+        assert torch.equal(mp.load(tmp_path / "bert", model=fresh)(**inputs).logits, want)
 
 
 def test_bad_data_gets_one_clear_error(net):
