@@ -8,7 +8,7 @@ model = mp.load("out/minilm-int8")
 # your own nn.Module and DataLoader: no adapter to write
 small = mp.compress(net, "gptq-4bit", data=loader)   # + loss_fn= / eval_fn= where a method needs them
 mp.save(small, "out/net-gptq"); small = mp.load("out/net-gptq", model=Net())
-result = mp.bench(net, "fp32,int8-dynamic,int4-weight", data=loader, eval_fn=accuracy)
+result = mp.bench(net, "fp32,int8-dynamic,int4-g128", data=loader, eval_fn=accuracy)
 mp.export("out/minilm-int8", "out/minilm-int8-onnx", data=adapter)  # ONNX, checked in ONNX Runtime
 """
 
