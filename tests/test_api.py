@@ -107,14 +107,16 @@ def test_save_failure_leaves_nothing(tmp_path, tiny_bert, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_unknown_model_type(tmp_path):
-    with pytest.raises(mp.ModelpressError, match="register_architecture"):
-        mp.save(torch.nn.Linear(2, 2), tmp_path / "lin")
-    with pytest.raises(mp.ModelpressError, match="cannot save a Sequential"):
-        mp.save(torch.nn.Sequential(), tmp_path / "seq")
+def test_save_any_module_and_refuse_what_is_none(tmp_path):
+    # any nn.Module saves (its class path as information); it loads into a fresh instance
+    lin = torch.nn.Linear(2, 2)
+    mp.save(lin, tmp_path / "lin")
+    with pytest.raises(mp.ArtifactError, match=r"load\(path, model=Linear\(\.\.\.\)\)"):
+        mp.load(tmp_path / "lin")
+    assert torch.equal(mp.load(tmp_path / "lin", model=torch.nn.Linear(2, 2)).weight, lin.weight)
     with pytest.raises(mp.ModelpressError, match=r"takes a torch nn\.Module"):
         mp.save("not a model", tmp_path / "str")  # type: ignore[arg-type]
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lin"]
 
 
 @pytest.fixture

@@ -40,11 +40,20 @@ from torch import nn
 
 from . import manifest_schema
 from . import methods as _methods  # noqa: F401 - registers the built-in methods
+from .data.user import ForwardFn, LossFn, UserData, as_data
 from .errors import ArtifactError, ConfigError, ModelpressError, SaveError
 from .formats.base import MAX_DIM, MAX_NUMEL, CompressedTensor
 from .methods.base import HANDLERS, PRESETS, CompressContext, MethodConfig
 from .models import lenet as _lenet  # noqa: F401 - registers the built-in architectures
-from .models.architectures import apply_structure, build_base, describe_base, describe_structure
+from .models.architectures import (
+    USER_LIBRARY,
+    apply_structure,
+    build_base,
+    class_path,
+    describe_base,
+    describe_structure,
+    user_base_error,
+)
 from .nn.base import MODULES, CompressedModule
 from .recipe import Recipe
 
@@ -69,6 +78,7 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 _RECIPE_ATTR = "_modelpress_recipe"
 _NOTES_ATTR = "_modelpress_notes"
+_ORIGINAL_ATTR = "_modelpress_original"
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -140,22 +150,40 @@ def compress(
     device: str | torch.device | None = None,
     inplace: bool = False,
     progress: bool = True,
+    forward_fn: ForwardFn | None = None,
+    loss_fn: LossFn | None = None,
+    eval_fn: typing.Callable[[nn.Module], float] | None = None,
+    higher_is_better: bool = True,
 ) -> nn.Module:
     """Apply a recipe (or one method config, or a benchmark method name) to ``model``.
 
     The input model is left untouched unless ``inplace=True``. ``data`` is the calibration /
-    training data a method needs (anything with ``batches`` and ``loss``, e.g. a task
-    adapter; ``data.calibration.CalibrationData``), ``teacher`` the teacher of distillation
-    methods. ``device``: where the methods run (the model and teacher are moved there
-    first; the result stays there; default: the CPU). Returns the compressed model;
-    ``save`` stores it, ``compression_notes(model)`` gives what the methods noted.
+    training data a method needs: any iterable of batches (a ``DataLoader``, a list; see
+    ``data.user`` for the batch shapes), or a task adapter (anything with ``batches`` and
+    ``loss``; ``data.calibration.CalibrationData``). With plain batches, ``forward_fn(model,
+    batch)`` replaces the default forward, ``loss_fn(model, batch) -> scalar tensor`` is the
+    loss of methods that take gradients or train (default: cross-entropy for ``(inputs,
+    integer labels)`` batches), and ``eval_fn(model) -> float`` the metric of methods that
+    keep the best epoch or a quality tolerance (``higher_is_better``). ``teacher``: the
+    teacher of distillation methods. ``device``: where the methods run (the model and
+    teacher are moved there first; the result stays there; default: the CPU). Returns the
+    compressed model; ``save`` stores it, ``compression_notes(model)`` gives what the
+    methods noted.
     """
     recipe = _as_recipe(recipe_or_config)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compress takes a torch nn.Module, got {type(model).__name__}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise ConfigError(f"teacher must be a torch nn.Module, got {type(teacher).__name__}")
+    data = as_data(
+        data, forward_fn=forward_fn, loss_fn=loss_fn, eval_fn=eval_fn, higher_is_better=higher_is_better
+    )
     previous = recipe_of(model)
     notes = compression_notes(model)
     dev = _device(device)
     if not inplace:
         model = copy.deepcopy(model)
+    _keep_original(model)
     model = model.to(dev)
     if teacher is not None:
         teacher = teacher.to(dev)
@@ -168,6 +196,8 @@ def compress(
             raise ConfigError(f"method '{config.name}' has no registered handler")
         log.info("applying %s", config.name)
         ctx.recorded = None
+        if isinstance(data, UserData):
+            data.method = config.name  # named in the errors of the user's data
         model = handler(model, config, ctx)
         applied.append(ctx.recorded or config)  # a handler may record its resolved config
     if applied:
@@ -175,6 +205,49 @@ def compress(
     setattr(model, _RECIPE_ATTR, previous + Recipe(applied))
     setattr(model, _NOTES_ATTR, notes + ctx.notes)
     return model.eval()
+
+
+class _Original:
+    """The original of a user's own module, on the meta device (no memory): what ``save``
+    compares a structurally rewritten model with for the manifest's ``structure`` (a
+    registered or transformers base is rebuilt from its config instead). A plain object,
+    not a module: it is no submodule of the model it is attached to."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+
+def _meta_clone(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every parameter and buffer on the meta device (nothing
+    copied but the modules and their attributes)."""
+    memo: dict[int, Any] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = (
+            nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+        )
+    holder = getattr(model, _ORIGINAL_ATTR, None)
+    if holder is not None:
+        memo[id(holder)] = None  # the clone needs no original of its own
+    return copy.deepcopy(model, memo)
+
+
+def _keep_original(model: nn.Module) -> None:
+    """Attach a meta copy of a user's own module before the first method changes it (kept
+    through later ``compress`` calls: the first original is the base)."""
+    if getattr(model, _ORIGINAL_ATTR, None) is None and describe_base(model)["library"] == USER_LIBRARY:
+        setattr(model, _ORIGINAL_ATTR, _Original(_meta_clone(model)))
+
+
+def _structure(model: nn.Module, base: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``structure``: against a build of the base, or for a user's own module
+    against the original ``compress`` kept (none kept: the model is its own original)."""
+    if base["library"] != USER_LIBRARY:
+        return describe_structure(model, base)
+    holder = getattr(model, _ORIGINAL_ATTR, None)
+    if not isinstance(holder, _Original):
+        return {"modules": {}, "attributes": {}}
+    return describe_structure(model, base=holder.module)
 
 
 def _check_finite(model: nn.Module, what: str) -> None:
@@ -448,7 +521,7 @@ def save(
         "base": base,
         # layers and head counts that differ from what the base config builds (structured
         # pruning); empty for every other model
-        "structure": describe_structure(model, base),
+        "structure": _structure(model, base),
         "recipe": recipe_of(model).to_list(),
         "modules": modules,
         "tensors": specs,
@@ -924,14 +997,24 @@ def _tensor_bytes(module: nn.Module) -> int:
 
 
 def _assemble(
-    manifest: dict[str, Any], specs: dict[str, Any], mpath: Path, *, meta: bool
+    manifest: dict[str, Any],
+    specs: dict[str, Any],
+    mpath: Path,
+    *,
+    meta: bool,
+    into: nn.Module | None = None,
 ) -> tuple[nn.Module, int]:
     """The base model with the ``structure`` applied and the compressed modules in place
     (their fields empty). ``meta``: everything on the meta device. Also returns the bytes of
-    the tensors the base constructor allocates (its buffers) when built for real."""
-    # a generous bound on the modules a base of this many tensors has (parameter-free
-    # layers included): a config asking for millions of layers is refused while building
-    model = build_base(manifest["base"], meta=meta, max_modules=16 * len(specs) + 1024)
+    the tensors the base constructor allocates (its buffers) when built for real.
+    ``into``: the user's fresh instance stands for the base (a meta copy of it with ``meta``,
+    else the instance itself, rewritten in place)."""
+    if into is not None:
+        model = _meta_clone(into) if meta else into
+    else:
+        # a generous bound on the modules a base of this many tensors has (parameter-free
+        # layers included): a config asking for millions of layers is refused while building
+        model = build_base(manifest["base"], meta=meta, max_modules=16 * len(specs) + 1024)
     built = _tensor_bytes(model)
     with _as_artifact_error(f"{mpath}: 'structure'"):
         apply_structure(model, manifest.get("structure"))  # absent in artifacts of older versions
@@ -959,13 +1042,17 @@ def _assemble(
 
 
 def _precheck(
-    manifest: dict[str, Any], specs: dict[str, tuple[Sequence[int], torch.dtype]], path: Path, mpath: Path
+    manifest: dict[str, Any],
+    specs: dict[str, tuple[Sequence[int], torch.dtype]],
+    path: Path,
+    mpath: Path,
+    into: nn.Module | None = None,
 ) -> None:
     """Build the whole model on the meta device (nothing allocated) and refuse, before any
     real allocation: a model whose tensors differ from the stored ones (config dims such as
     ``max_position_embeddings`` or ``vocab_size`` against the embedding rows), and one whose
     construction and decoded formats would need more memory than the files justify."""
-    model, built = _assemble(manifest, specs, mpath, meta=True)
+    model, built = _assemble(manifest, specs, mpath, meta=True, into=into)
     state = model.state_dict(keep_vars=True)
     missing, extra = sorted(set(state) - set(specs)), sorted(set(specs) - set(state))
     if missing or extra:
@@ -1046,15 +1133,32 @@ def _install_formats(
     return shared
 
 
-def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+def load(
+    path: str | os.PathLike, *, model: nn.Module | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
     """Rebuild a model saved by ``save``; fails with one clear ``ArtifactError`` sentence on
     a bad artifact (see docs/artifact-format.md for what is checked, in which order).
 
     Reads only JSON and safetensors, never reaches the network, verifies every tensor's
     digest while reading it, and checks config dims, format metadata and the memory it will
-    need against the stored tensors before allocating anything."""
+    need against the stored tensors before allocating anything.
+
+    ``model``: a fresh, uncompressed instance of the saved model's class, built by the
+    caller (required for a user's own ``nn.Module``, whose class modelpress never imports;
+    optional for the others, instead of building the base from its config). The manifest's
+    ``structure`` and compressed modules are applied to it and the stored tensors assigned
+    to it, in place, after every check has passed; it is returned."""
     path = Path(path)
     dev = _device(device)
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"load's model= takes a fresh nn.Module instance, got {type(model).__name__}")
+    if model is not None and (
+        recipe_of(model) or any(isinstance(m, (CompressedModule, CompressedTensor)) for m in model.modules())
+    ):
+        raise ConfigError(
+            "load's model= takes a fresh, uncompressed instance (as its constructor builds it); "
+            "this one is already compressed"
+        )
     try:
         recover_interrupted_save(path)
     except OSError as e:
@@ -1063,6 +1167,21 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         ) from None
     manifest = _read_manifest(path)
     mpath = path / MANIFEST_FILE
+    base = manifest["base"]
+    if model is None and base.get("library") == USER_LIBRARY:
+        raise ArtifactError(f"{path}: {user_base_error(str(base.get('class')))}")
+    if (
+        model is not None
+        and base.get("library") == USER_LIBRARY
+        and class_path(type(model)) != base.get("class")
+    ):
+        log.warning(
+            "%s was saved from a %s, loading into a %s (the class is recorded as information only; "
+            "the stored tensors must fit)",
+            path,
+            base.get("class"),
+            class_path(type(model)),
+        )
     specs = _specs(manifest)
     aliases = _aliases(manifest, specs)
     stored_specs = {k: v for k, v in specs.items() if k not in aliases}
@@ -1071,14 +1190,14 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
     with _as_artifact_error(f"{mpath}: 'recipe'"):
         recipe = Recipe.from_list(manifest["recipe"])
     _read_tensors(wpath, stored_specs, header_only=True)  # the file holds what the manifest says
-    _precheck(manifest, specs, path, mpath)
+    _precheck(manifest, specs, path, mpath, into=model)
     # Each tensor is hashed as it is read, on this thread: hashing the mmapped bytes pages
     # them in, which the first forward would do anyway, so a loaded-and-used model pays only
     # the hashing itself (XXH3, a few ms per 100 MB). Hashing on other threads while the
     # model is built was measured slower on 2 cores (RESULTS §16). Every tensor is verified
     # before anything decodes or uses one.
     tensors = _read_tensors(wpath, stored_specs, digests, algorithm=_digest_algorithm(manifest))
-    model, _ = _assemble(manifest, specs, mpath, meta=False)
+    model, _ = _assemble(manifest, specs, mpath, meta=False, into=model)
     state = dict(tensors)
     for alias, target in aliases.items():
         state[alias] = tensors[target]

@@ -48,12 +48,15 @@ class _Strict(BaseModel):
 
 
 class Base(_Strict):
-    library: Literal["transformers", "modelpress"] = Field(
-        description="who builds the base model: a transformers class, or an architecture "
-        "registered with `modelpress.models.register_architecture`"
+    library: Literal["transformers", "modelpress", "user"] = Field(
+        description="who builds the base model: a transformers class, an architecture "
+        "registered with `modelpress.models.register_architecture`, or the user (any other "
+        "`nn.Module`: `load(path, model=instance)` loads into a fresh instance the user built)"
     )
     class_: Annotated[str, Field(min_length=1, max_length=200)] = Field(
-        alias="class", description="the class (transformers) or registered name"
+        alias="class",
+        description="the class (transformers), registered name (modelpress), or the class's "
+        "import path `module.QualName` (user; information only, never imported)",
     )
     config: JsonObject | None = Field(
         None, description="transformers: the model config (`config.to_dict()`, no `auto_map`)"
@@ -66,6 +69,8 @@ class Base(_Strict):
             raise ValueError("a transformers base holds a 'config' object and no 'args'")
         if self.library == "modelpress" and self.config is not None:
             raise ValueError("a modelpress base holds 'args', not a 'config'")
+        if self.library == "user" and (self.config is not None or self.args is not None):
+            raise ValueError("a user base holds only its class's import path, no 'config' or 'args'")
         return self
 
 

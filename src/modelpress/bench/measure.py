@@ -90,16 +90,21 @@ def time_callable(
 
 
 def time_model(
-    model: nn.Module, inputs: dict[str, torch.Tensor], device: torch.device | str = "cpu", **kw: float
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor] | tuple[torch.Tensor, ...],
+    device: torch.device | str = "cpu",
+    **kw: float,
 ) -> Timing:
-    """Latency of one forward pass of ``model`` on ``inputs`` (moved to ``device``)."""
+    """Latency of one forward pass of ``model`` on ``inputs`` (moved to ``device``): keyword
+    arguments (a dict), or positional ones (a tuple: a user's own module)."""
     device = torch.device(device)
-    batch = {k: v.to(device) for k, v in inputs.items()}
+    kwargs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else {}
+    args = tuple(v.to(device) for v in inputs) if isinstance(inputs, tuple) else ()
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 
     def run() -> None:
         with torch.inference_mode():
-            model(**batch)
+            model(*args, **kwargs)
 
     return time_callable(run, sync=sync, **kw)  # type: ignore[arg-type]
 

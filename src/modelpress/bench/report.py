@@ -97,8 +97,13 @@ def header_lines(env: dict[str, Any]) -> list[str]:
         f"- CPU: {env.get('cpu')} ({env.get('cpu_count')} logical cores; {flags}); "
         f"{env.get('threads')} threads",
         f"- GPU: {gpu}; quality evaluated on {env.get('device')}",
-        f"- Inputs: latency at batch {env.get('latency_batch_size')} × {env.get('seq_len')} tokens, "
-        f"throughput at batch {env.get('throughput_batch_size')} × {env.get('seq_len')} tokens",
+        (
+            f"- Inputs: latency at batch {env.get('latency_batch_size')} × {env['inputs']}, "
+            f"throughput at batch {env.get('throughput_batch_size')} × {env['inputs']}"
+            if env.get("inputs")  # a user's own module: the shape of one example
+            else f"- Inputs: latency at batch {env.get('latency_batch_size')} × {env.get('seq_len')} tokens, "
+            f"throughput at batch {env.get('throughput_batch_size')} × {env.get('seq_len')} tokens"
+        ),
         f"- Software: Python {env.get('python')}, torch {env.get('torch')}, "
         f"transformers {env.get('transformers')}"
         + (f", onnxruntime {env['onnxruntime']}" if env.get("onnxruntime") else "")
@@ -116,6 +121,7 @@ def header_lines(env: dict[str, Any]) -> list[str]:
         *([f"- Evaluation: {env['eval_subset']}"] if env.get("eval_subset") else []),
         *quality_lines(env),
         *([f"- Original: {env['original_training']}"] if env.get("original_training") else []),
+        *([f"- Memory: {env['memory_skipped']}"] if env.get("memory_skipped") else []),
     ]
 
 

@@ -156,7 +156,12 @@ def run_bench(
     inputs1 = adapter.example_inputs(1)
     inputs32 = adapter.example_inputs(32)
     inputs_file = out / "inputs.safetensors"
-    save_file({k: v.contiguous() for k, v in inputs1.items()}, str(inputs_file))
+    # the memory of a row is measured in a fresh process that loads the artifact by itself,
+    # which a user's own module (its class never imported by modelpress) cannot do
+    fresh_process = bool(getattr(adapter, "fresh_process", True)) and isinstance(inputs1, dict)
+    measure_mem = options.measure_memory and fresh_process
+    if fresh_process:
+        save_file({k: v.contiguous() for k, v in inputs1.items()}, str(inputs_file))
     log.info("evaluating the original %s", adapter.model_name)
     reference = adapter.evaluate(original.to(eval_device), device=eval_device, progress=options.progress)
     original.to("cpu")
@@ -175,12 +180,19 @@ def run_bench(
         env["eval_subset"] = subset
     # what the test split can resolve: the original's 95 % interval (report header)
     env["quality_resolution"] = resolution(reference)
+    if options.measure_memory and not fresh_process:
+        env["memory_skipped"] = (
+            "no peak memory: a fresh process cannot rebuild this model (its class is the user's), "
+            "so the memory columns are empty"
+        )
     rows: list[dict[str, Any]] = []
     bar = tqdm(methods, desc="methods", disable=not options.progress, unit="method")
     for label, recipe in bar:
         bar.set_postfix_str(label)
         t0 = time.perf_counter()
-        compressed = compress(original, recipe, data=adapter, device=eval_device, progress=options.progress)
+        compressed = compress(
+            original, recipe, device=eval_device, progress=options.progress, **adapter.compress_kwargs()
+        )
         compress_s = time.perf_counter() - t0
         method_notes = compression_notes(compressed)  # what a method reported goes into the table notes
         # the tokenizer goes with each artifact, so a row can be served or exported as it is
@@ -190,7 +202,7 @@ def run_bench(
         del compressed
         gc.collect()
         size = artifact_bytes(path)
-        model = load(path)
+        model = adapter.load_artifact(path)
         ev = adapter.evaluate(
             model.to(eval_device),
             reference=reference.predictions,
@@ -202,9 +214,9 @@ def run_bench(
         if use_gpu:
             gpu_lat = time_model(model.to("cuda"), inputs1, "cuda").p50_ms
             model.to("cpu")
-        mem = measure_memory(path, inputs_file, threads=threads) if options.measure_memory else {}
+        mem = measure_memory(path, inputs_file, threads=threads) if measure_mem else {}
         vram = None
-        if use_gpu and options.measure_memory:
+        if use_gpu and measure_mem:
             vram = measure_memory(path, inputs_file, device="cuda")["peak_vram_mb"]
         rows.append(
             {
@@ -240,7 +252,17 @@ def run_bench(
         rows += _ort_peer_rows(original, rows, adapter, art_dir, reference, inputs_file, options, threads)
         env["onnxruntime"] = _ort_version()
     prompts = _decode_prompts(adapter, original, options, env)
-    _time_rows(rows, [art_dir / r["method"] for r in rows], inputs1, inputs32, options, threads, env, prompts)
+    _time_rows(
+        rows,
+        [art_dir / r["method"] for r in rows],
+        inputs1,
+        inputs32,
+        options,
+        threads,
+        env,
+        prompts,
+        adapter,
+    )
     if not options.keep_artifacts:
         for r in rows:
             shutil.rmtree(art_dir / r["method"], ignore_errors=True)
@@ -284,13 +306,14 @@ def _is_export(path: Path) -> bool:
     return (path / EXPORT_FILE).is_file()
 
 
-def _load_row(path: Path, threads: int) -> torch.nn.Module:
-    """The model a row measures: a modelpress artifact, or an ONNX export in ONNX Runtime."""
+def _load_row(path: Path, threads: int, adapter: TaskAdapter | None = None) -> torch.nn.Module:
+    """The model a row measures: a modelpress artifact (loaded by the adapter: a user's own
+    module goes into a fresh instance), or an ONNX export in ONNX Runtime."""
     if _is_export(path):
         from ..deploy import OnnxModel
 
         return OnnxModel(path, threads=threads)
-    return load(path).to("cpu")
+    return (adapter.load_artifact(path) if adapter is not None else load(path)).to("cpu")
 
 
 def _ort_row(
@@ -523,6 +546,7 @@ def _time_rows(
     threads: int,
     env: dict[str, Any],
     prompts: dict[int, dict[str, torch.Tensor]] | None = None,
+    adapter: TaskAdapter | None = None,
 ) -> None:
     """CPU latency and throughput of every row, round-robin over ``options.rounds``; for
     causal LMs (``prompts``) also greedy decode tokens/s and time to first token."""
@@ -530,7 +554,7 @@ def _time_rows(
     prompts = prompts or {}
     models = []
     for path in paths:
-        m = _load_row(path, threads)
+        m = _load_row(path, threads, adapter)
         time_model(m, inputs1, "cpu", warmup=2, min_runs=1, min_seconds=0.0)  # kernels chosen here
         if hasattr(m, "generate"):  # ONNX exports have no KV-cache graph: no decode timing
             for p in prompts.values():  # kernels for the prefill and the decode steps' row counts

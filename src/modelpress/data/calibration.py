@@ -5,7 +5,8 @@ shuffle_seed)`` and ``loss(model, batch)`` (``CalibrationData``; every task adap
 plus ``score(model, split)`` for methods that early-stop or keep a quality tolerance
 (``TaskData``). Calibration batches come from the *train* split, never the evaluation split,
 and a calibration forward pass is the task loss under ``no_grad`` — so every task
-(classification, causal LM, images) calibrates the same way.
+(classification, causal LM, images) calibrates the same way — or, for a user's own data
+(``data.user.UserData``), its forward alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 
-__all__ = ["CalibrationData", "TaskData", "calibration_batches", "input_hooks", "run_forward"]
+__all__ = ["CalibrationData", "TaskData", "calibration_batches", "forward_pass", "input_hooks", "run_forward"]
 
 
 @runtime_checkable
@@ -73,9 +74,20 @@ def run_forward(
     model.eval()
     try:
         for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            data.loss(model, b)
+            forward_pass(data, model, b)
     finally:
         model.train(was_training)
+
+
+def forward_pass(data: CalibrationData, model: nn.Module, batch: Any) -> None:
+    """One forward of ``model`` on ``batch`` for calibration: the data's own
+    ``calibration_forward`` where it has one (a user's data: no loss needed to observe
+    activations), else its task loss (discarded)."""
+    forward = getattr(data, "calibration_forward", None)
+    if callable(forward):
+        forward(model, batch)
+    else:
+        data.loss(model, batch)
 
 
 @contextmanager

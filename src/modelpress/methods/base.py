@@ -310,10 +310,19 @@ class CompressContext:
         """``data``, checked to provide batches and a loss (and ``score`` if asked), or one
         clear ``ConfigError`` naming the method and what it needs the data for."""
         proto = TaskData if score else CalibrationData
+        if score and isinstance(self.data, CalibrationData) and getattr(self.data, "task", None) == "user":
+            msg = (
+                f"{method}: no eval_fn given, so it trains its epochs and keeps the last one "
+                "(eval_fn=(model -> float) lets it keep the best epoch)"
+            )
+            if not isinstance(self.data, TaskData) and msg not in self.notes:  # a user's batches
+                self.note(msg)
+            return typing.cast(TaskData, self.data)
         if not isinstance(self.data, proto):
-            need = "batches(), loss() and score()" if score else "batches() and loss()"
+            need = "batches (any iterable of batches such as a DataLoader, or a task adapter"
+            need += " with score())" if score else ")"
             got = "no data" if self.data is None else f"a {type(self.data).__name__}"
-            raise ConfigError(f"{method} needs {why}: pass data= with {need} (a task adapter), got {got}")
+            raise ConfigError(f"{method} needs {why}: pass data= with {need}, got {got}")
         return typing.cast(TaskData, self.data)
 
 
@@ -358,6 +367,9 @@ def check_patterns(model: nn.Module, method: str, include: Sequence[str], exclud
                 raise ConfigError(f"{method}: {field} pattern '{p}' matches no module of this model{hint}")
 
 
+_NonDynamicallyQuantizableLinear = nn.modules.linear.NonDynamicallyQuantizableLinear
+
+
 def select_modules(
     model: nn.Module,
     types: tuple[type[nn.Module], ...],
@@ -375,11 +387,32 @@ def select_modules(
         include = (include,)
     if isinstance(exclude, str):
         exclude = (exclude,)
-    return [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, types) and n and matches(n, include, exclude)
-    ]
+    # Layers whose weight tensors their parent reads itself, never calling them: the
+    # out_proj of torch's nn.MultiheadAttention (F.multi_head_attention_forward) and the
+    # feed-forward Linears of nn.TransformerEncoderLayer / DecoderLayer (their fused
+    # inference path); a replaced layer would be bypassed or break the parent.
+    direct = {
+        f"{p}.{c}" if p else c
+        for p, parent in model.named_modules()
+        if isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+        for c in ("linear1", "linear2")
+    }
+    out, kept = [], []
+    for n, m in model.named_modules():
+        if not (isinstance(m, types) and n and matches(n, include, exclude)):
+            continue
+        if type(m) is _NonDynamicallyQuantizableLinear or n in direct:
+            kept.append(n)
+            continue
+        out.append((n, m))
+    if kept:
+        log.warning(
+            "%s: %s kept as they are: torch's nn.MultiheadAttention / nn.Transformer*Layer read these "
+            "weights directly instead of calling the layers",
+            method or "selection",
+            ", ".join(kept[:4]) + (f" and {len(kept) - 4} more" if len(kept) > 4 else ""),
+        )
+    return out
 
 
 def select(

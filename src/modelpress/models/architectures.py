@@ -28,14 +28,17 @@ __all__ = [
     "STRUCTURE_ATTRS",
     "STRUCTURE_CLASSES",
     "STRUCTURE_REPLACEMENTS",
+    "USER_LIBRARY",
     "apply_structure",
     "build_base",
     "check_config",
     "check_config_keys",
+    "class_path",
     "describe_base",
     "describe_structure",
     "hub_offline",
     "register_architecture",
+    "user_base_error",
 ]
 
 ARCHITECTURES: Registry[type[nn.Module]] = Registry("model architecture")
@@ -69,11 +72,19 @@ def describe_base(model: nn.Module) -> dict[str, Any]:
         return {"library": "transformers", "class": type(model).__name__, "config": config}
     arch = getattr(type(model), "_modelpress_arch", None)
     if arch is None:
-        raise ConfigError(
-            f"cannot save a {type(model).__name__}: modelpress saves transformers models and "
-            "architectures registered with modelpress.models.register_architecture"
-        )
+        # any other module: its class's import path, as information only (``load`` never
+        # imports it; the user passes a fresh instance: ``load(path, model=MyNet())``)
+        return {"library": USER_LIBRARY, "class": class_path(type(model))}
     return {"library": "modelpress", "class": arch, "args": model.arch_args()}  # type: ignore[operator]
+
+
+#: the ``base.library`` of a module modelpress cannot build itself (the user's own class)
+USER_LIBRARY = "user"
+
+
+def class_path(cls: type) -> str:
+    """``module.QualName`` of a class (at most 200 characters, as the manifest allows)."""
+    return f"{cls.__module__}.{cls.__qualname__}"[:200]
 
 
 # -- no network, no remote code --------------------------------------------------------------
@@ -266,7 +277,18 @@ def _build_base(entry: dict[str, Any], *, meta: bool, max_modules: int | None) -
             raise
         except Exception as e:
             raise ArtifactError(f"manifest arguments do not build a {name}: {_first_line(e)}") from None
+    if library == USER_LIBRARY:
+        raise ArtifactError(user_base_error(name))
     raise ArtifactError(f"manifest names an unknown model library '{library}'")
+
+
+def user_base_error(class_name: str) -> str:
+    """What ``load`` says of an artifact of a user's own module loaded without ``model=``."""
+    short = class_name.rpartition(".")[2] or class_name
+    return (
+        f"this artifact holds a compressed {class_name}, a module modelpress does not build itself "
+        f"(no pickle, no imports): build a fresh one and pass it, load(path, model={short}(...))"
+    )
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -523,6 +545,7 @@ STRUCTURE_CLASSES: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
         {"normalized_shape": _INTS, "eps": _FLOAT, "elementwise_affine": _BOOL, "bias": _BOOL},
     ),
     "Embedding": (nn.Embedding, {"num_embeddings": _INT, "embedding_dim": _INT, "padding_idx": _INT}),
+    "PReLU": (nn.PReLU, {"num_parameters": _INT, "init": _FLOAT}),
     "LowRankLinear": (
         LowRankLinear,
         {"in_features": _INT, "rank": _INT, "out_features": _INT, "bias": _BOOL},
@@ -601,15 +624,19 @@ def _replaces(m: nn.Module, b: nn.Module) -> bool:
     return spec is not None and type(m) is spec[0] and type(b) in allowed
 
 
-def describe_structure(model: nn.Module, base_entry: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest's ``structure`` entry: what differs from a meta build of the base.
+def describe_structure(
+    model: nn.Module, base_entry: dict[str, Any] | None = None, *, base: nn.Module | None = None
+) -> dict[str, Any]:
+    """The manifest's ``structure`` entry: what differs from a meta build of the base
+    (or from ``base``, the original of a user's own module, as ``compress`` kept it).
 
     ``{"modules": {name: {"class": "Linear", "args": {...}}}, "attributes": {name: {attr: int}}}``;
     both empty for a model whose structure its base config describes. A ``LowRankLinear``
     where the base has a ``Linear`` is recorded with its ``in_features, rank, out_features,
     bias``; its children are not in the base and get no entry.
     """
-    base = build_base(base_entry if base_entry is not None else describe_base(model))
+    if base is None:
+        base = build_base(base_entry if base_entry is not None else describe_base(model))
     base_modules = dict(base.named_modules())
     modules: dict[str, Any] = {}
     attributes: dict[str, dict[str, int]] = {}

@@ -109,6 +109,23 @@ class TaskAdapter(abc.ABC):
         model); returns what that means for the report, None where this task cannot."""
         return None
 
+    #: a fresh process can load this task's artifacts by path (``load(path)``), which the
+    #: bench's memory measurement does; False for a user's own module
+    fresh_process: bool = True
+
+    def compress_kwargs(self) -> dict[str, Any]:
+        """What the bench passes to ``compress`` besides the model and recipe: the data its
+        methods use (the adapter itself; a user's task hands over the user's batches and
+        teacher)."""
+        return {"data": self}
+
+    def load_artifact(self, path: Any) -> nn.Module:
+        """A saved row back in memory (``modelpress.load``; a user's task loads into a fresh
+        instance of the user's module)."""
+        from ..api import load
+
+        return load(path)
+
     def describe(self) -> dict[str, Any]:
         """Facts for the report header (task, data, sizes)."""
         return {"task": self.task, "metric": self.metric, "model": self.model_name, "seq_len": self.seq_len}

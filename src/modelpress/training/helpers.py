@@ -55,7 +55,8 @@ def finetune_on_task(
             lambda epoch: data.batches("train", batch_size, shuffle_seed=seed + epoch),  # type: ignore[attr-defined]
             train,
             params=params,
-            evaluate=lambda m: data.score(m, "validation"),  # type: ignore[attr-defined]
+            # no score (a user's batches without eval_fn): the last epoch is kept
+            evaluate=(lambda m: data.score(m, "validation")) if hasattr(data, "score") else None,
             higher_is_better=bool(getattr(data, "higher_is_better", True)),
             progress=progress,
             desc=desc,

@@ -24,13 +24,14 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ...data.calibration import TaskData
+from ...data.user import UserData
 from ...errors import ConfigError
 from ...models.blocks import block_list
 from ...models.tasks import model_device
@@ -130,7 +131,9 @@ class DistillConfig(MethodConfig):
 
 class _Data:
     """Training batches and validation of ``ctx.data``: a task adapter (``batches``,
-    ``score``) or a list of model-ready batches (dicts of tensors)."""
+    ``score``), a user's batches (``UserData``: each batch goes to the models through its
+    forward, wrapped as ``{_USER_BATCH: (data, batch), "labels": ...}``), or a list of
+    model-ready batches (dicts of tensors)."""
 
     def __init__(self, data: Any, batch_size: int) -> None:
         if data is None:
@@ -138,7 +141,8 @@ class _Data:
                 "distill needs training data: pass a task adapter or a list of model-ready batches as `data`"
             )
         self.adapter = data if isinstance(data, TaskData) else None
-        if self.adapter is None:
+        self.user = data if isinstance(data, UserData) else None
+        if self.adapter is None and self.user is None:
             if not isinstance(data, (list, tuple)) or not all(isinstance(b, dict) for b in data):
                 raise ConfigError(
                     "distill: `data` must be a task adapter or a list of batches (dicts of tensors)"
@@ -149,6 +153,12 @@ class _Data:
         self.batch_size = batch_size
 
     def batches(self, epoch: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        if self.user is not None:
+            batches: Iterable[Any] = self.user.batches("train", self.batch_size)
+            if isinstance(self.user.data, (list, tuple)):  # in memory: a seeded shuffle per epoch, as before
+                batches = list(batches)
+                random.Random(seed + epoch).shuffle(batches)
+            return (_user_batch(self.user, b) for b in batches)
         if self.adapter is not None:
             return iter(self.adapter.batches("train", self.batch_size, shuffle_seed=seed + epoch))
         order = list(range(len(self.fixed)))
@@ -162,6 +172,24 @@ class _Data:
 
     def steps(self) -> int:
         return sum(1 for _ in self.batches(0, 0))
+
+
+#: the key of a wrapped user batch: ``(UserData, the batch as the user's data yields it)``
+_USER_BATCH = "_modelpress_user_batch"
+
+
+def _user_batch(data: UserData, batch: Any) -> dict[str, Any]:
+    """A user's batch in the dict shape the losses read: the batch (run through the data's
+    forward) and its integer labels where it has them (hard-label cross-entropy). A dict of
+    tensors with the default forward is model-ready as it is (a transformers batch: hidden
+    states and attentions can be distilled)."""
+    if isinstance(batch, dict) and data.forward_fn is None:
+        return batch
+    out: dict[str, Any] = {_USER_BATCH: (data, batch)}
+    labels = data.labels(batch)
+    if labels is not None:
+        out["labels"] = labels
+    return out
 
 
 def _task_schedule(adapter: Any) -> tuple[TrainConfig, int]:
@@ -188,6 +216,20 @@ def _is_hf(model: nn.Module) -> bool:
 
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor], hidden: bool, attentions: bool) -> _Out:
+    user = cast("tuple[UserData, Any] | None", batch.get(_USER_BATCH))
+    if user is not None:  # a user's batch: the user's forward, logits only
+        if hidden or attentions:
+            raise ConfigError(
+                "hidden-state / attention distillation reads transformers outputs; with your own batches "
+                "distill compares logits (soft targets and labels) only"
+            )
+        logits = user[0].logits(model, user[1])
+        if logits.dim() != 2:
+            raise ConfigError(
+                f"distill on your own batches compares (batch, classes) logits; the model gave "
+                f"{list(logits.shape)} (pass forward_fn=(model, batch) -> logits)"
+            )
+        return _Out(logits)
     device = model_device(model)
     inputs = {k: v.to(device) for k, v in batch.items() if k not in _NOT_INPUTS}
     if not _is_hf(model):

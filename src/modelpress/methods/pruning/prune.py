@@ -350,7 +350,10 @@ def _finetune(
                     patience=None,
                     seed=config.seed,
                 ),
-                evaluate=None if gradual else (lambda m: data.score(m, "validation")),
+                # no score (a user's batches without eval_fn): the last epoch is kept
+                evaluate=None
+                if gradual or not hasattr(data, "score")
+                else (lambda m: data.score(m, "validation")),
                 higher_is_better=bool(getattr(data, "higher_is_better", True)),
                 steps_per_epoch=steps_per_epoch,
                 after_step=after_step,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...data.calibration import CalibrationData, input_hooks, run_forward
+from ...data.calibration import CalibrationData, forward_pass, input_hooks, run_forward
 from ...models.blocks import blocks_holding
 from ..base import CompressContext
 from ..transform import Encode, transform_weights
@@ -63,7 +63,7 @@ def _capture_block_inputs(
         with torch.no_grad():
             for b in tqdm(batches, desc="capturing block inputs", disable=not progress, leave=False):
                 try:
-                    data.loss(model, b)
+                    forward_pass(data, model, b)
                 except _Stop:
                     pass
     finally:

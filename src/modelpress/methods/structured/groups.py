@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,8 @@ def _part_tensors(m: nn.Module, dim: int) -> list[tuple[torch.Tensor, int]]:
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         names = ["weight", "bias", "running_mean", "running_var"]
         return [(t, 0) for n in names if (t := getattr(m, n, None)) is not None]
+    if isinstance(m, nn.PReLU):  # one slope per channel: (channels,)
+        return [(_weight(m), 0)]
     out = [(_weight(m), dim)]
     if dim == 0 and getattr(m, "bias", None) is not None:
         out.append((cast(torch.Tensor, m.bias), 0))
@@ -126,7 +128,7 @@ def _index(size: int, n: int, keep: Sequence[int], device: torch.device) -> torc
 
 def _shrink(m: nn.Module, dim: int, n: int, keep: Sequence[int]) -> None:
     """Keep the blocks ``keep`` (of ``n``) of ``m`` along ``dim``, in place."""
-    bn = isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+    bn = isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU))  # per-channel vectors only
     for pname in ("weight", "bias", "running_mean", "running_var"):
         t = getattr(m, pname, None)
         if not isinstance(t, torch.Tensor):
@@ -154,6 +156,9 @@ def _shrink(m: nn.Module, dim: int, n: int, keep: Sequence[int]) -> None:
         m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         m.num_features = (w if w is not None else cast(torch.Tensor, m.running_mean)).shape[0]
+    elif isinstance(m, nn.PReLU):
+        assert w is not None
+        m.num_parameters = w.shape[0]
 
 
 def prune_group(group: Group, keep: Sequence[int]) -> None:
@@ -399,7 +404,14 @@ def _follow(
                     parts.append(Part(tname, m, 0))
                     bn = (tname, m)
                     stack.append((user, flat))
-                elif isinstance(m, _PASS_MODULES) or (isinstance(m, _POOL_MODULES) and not flat):
+                elif isinstance(m, nn.PReLU) and m.num_parameters == channels and channels > 1 and not flat:
+                    parts.append(Part(tname, m, 0))  # one learned slope per channel goes with it
+                    stack.append((user, flat))
+                elif (
+                    isinstance(m, _PASS_MODULES)
+                    or (isinstance(m, nn.PReLU) and m.num_parameters == 1)  # one shared slope
+                    or (isinstance(m, _POOL_MODULES) and not flat)
+                ):
                     stack.append((user, flat))
                 elif (
                     isinstance(m, (nn.Conv1d, nn.Conv2d))
@@ -432,10 +444,10 @@ def _follow(
 
 def channel_groups(model: nn.Module, what: str = "prune-channels") -> tuple[list[Group], dict[str, str]]:
     """Channel groups of a CNN (or MLP) found by tracing it with ``torch.fx``: each Conv /
-    Linear whose output reaches only BatchNorm, element-wise activations, pooling, dropout,
-    a flatten and then the next Conv / Linear. Returns the groups and, for every other
-    Conv / Linear, why it cannot be pruned (e.g. it feeds the model's output or a residual
-    addition)."""
+    Linear whose output reaches only BatchNorm, element-wise activations (PReLU's per-channel
+    slopes go with the channels), pooling, dropout, a flatten and then the next Conv /
+    Linear. Returns the groups and, for every other Conv / Linear, why it cannot be pruned
+    (e.g. it feeds the model's output or a residual addition)."""
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # any tracing failure means: a graph modelpress cannot follow
