@@ -304,3 +304,31 @@ def test_shutdown_drains_running_and_queued_generations(lm_artifact):
         t.join(30)
     assert [r.status_code for r in results] == [200] * 4
     assert all(r.json()["tokens"] == 40 for r in results)
+
+
+def test_a_flood_ends_every_request_once_rejects_with_retry_after_and_bounds_latency(lm_artifact):
+    """Far more requests than the server can take within the deadline: each gets one answer
+    (200, 503 + Retry-After, or 504), nothing hangs, accepted ones finish within 2x the deadline."""
+    rt = slowed(open_runtime(lm_artifact, threads=1), 0.01)
+    deadline = 1.0
+    app = create_app(rt, ServeConfig(decode=DecodePolicy(max_running=4, max_queue=6), deadline_s=deadline))
+    with ServerThread(app) as server:
+
+        async def flood() -> list[tuple[int, float, str | None]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+
+                async def one(i: int) -> tuple[int, float, str | None]:
+                    await asyncio.sleep(0.01 * i)  # 100 requests/s, each wanting 16 steps of 10 ms
+                    t0 = time.monotonic()
+                    r = await c.post("/v1/generate", json={"prompt": f"req {i}", "max_new_tokens": 16})
+                    return r.status_code, time.monotonic() - t0, r.headers.get("retry-after")
+
+                return list(await asyncio.gather(*(one(i) for i in range(60))))
+
+        rs = asyncio.run(flood())
+        assert not app.state.generations and not app.state.scheduler.running and rt.running == []
+    codes = [c for c, _, _ in rs]
+    assert len(rs) == 60 and set(codes) <= {200, 503, 504}, codes
+    assert codes.count(200) >= 8 and codes.count(503) >= 10
+    assert all(ra == "1" for c, _, ra in rs if c == 503)
+    assert max(t for c, t, _ in rs if c == 200) <= 2 * deadline
