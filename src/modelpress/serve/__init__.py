@@ -1,8 +1,10 @@
 """Serving: ``modelpress serve ARTIFACT`` — an HTTP server with dynamic batching.
 
 Three parts (docs/serving.md): ``batcher`` (policy only: when a batch closes, which requests
-go together, length buckets that follow the traffic), ``runtime`` (runs a loaded artifact
-or ONNX export on its kernels) and ``app`` (FastAPI over uvicorn, HTTP only). Needs the
+go together, length buckets that follow the traffic; who joins the running batch of a causal
+LM at the next decode step), ``runtime`` (runs a loaded artifact or ONNX export on its
+kernels: classification and embeddings, or generation with continuous batching) and ``app``
+(FastAPI over uvicorn, HTTP only). Needs the
 ``serve`` extra (installed by the README's set-up).
 """
 

@@ -230,6 +230,8 @@ class CausalLMRuntime:
         # transformers 5.x renames the forward's past_key_values to cache (with a warning)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # the prefill needs the logits of each row's last position only (not (B, L, vocab))
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._lock = threading.Lock()
         self.running: list[GenRequest] = []
         self.cache: Any = None  # DynamicCache, rows = self.running
@@ -287,7 +289,12 @@ class CausalLMRuntime:
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache}
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            **{self._cache_kw: cache},
+            **self._last_only,
         ).logits[:, -1]
         outs = self._advance(reqs, logits)
         self._merge(reqs, cache, mask)
