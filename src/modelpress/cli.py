@@ -406,7 +406,9 @@ def serve(
     bucketing: Annotated[
         str, typer.Option("--bucketing", help="Length buckets: adaptive (from recent traffic), none.")
     ] = "adaptive",
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Queued texts before 503.")] = 256,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Queued texts (causal LMs: waiting generations) before 503.")
+    ] = 256,
     deadline_s: Annotated[
         float, typer.Option("--deadline", help="Seconds before a request gets 504.")
     ] = 10.0,
