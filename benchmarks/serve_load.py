@@ -13,6 +13,20 @@ Prints per rate: throughput, p50 / p95 / p99 latency, padding share, rejects and
 
 The headline figure (issue 17): the highest rate a configuration sustains with p95 below the
 batch-1 server's p95 at the batch-1 server's own highest sustained rate.
+
+    python benchmarks/serve_load.py LM_ARTIFACT --generate [--requests 16] [--new-tokens 64] [--gap-ms 0,250]
+
+Causal-LM generation (issue 17): ``--requests`` greedy generations of up to ``--new-tokens``
+tokens (EOS ends one early, as in serving), prompts from the Rotten Tomatoes test split,
+arriving every ``--gap-ms`` (0: all at once), served four ways in this one process, one after
+the other, each on the clock: **sequential** ``model.generate`` per request (first come, first
+served), **static batching** (``model.generate`` on every request waiting when the model is
+free, left-padded, the batch runs until its longest row is done), **continuous batching**
+(modelpress' ``CausalLMRuntime.step``: a request joins at the next decode step after it
+arrives, leaves when done) and, for arrivals at once, **transformers' continuous batching**
+(``model.generate_batch``, paged cache, sized for this workload). Prints generated tokens/s and
+p50 / max latency per request (arrival to last token). Bounded: ``--requests`` x
+``--new-tokens`` tokens per configuration.
 """
 
 from __future__ import annotations
@@ -100,14 +114,204 @@ def _tokens(url: str) -> tuple[float, float]:
     return vals.get("modelpress_pad_tokens", 0.0), vals.get("modelpress_text_tokens", 0.0)
 
 
+def _gen_rows(eos: set[int], rows: list[list[int]]) -> list[int]:
+    """Tokens generated per row, up to and with the first EOS (what a server would send)."""
+    out = []
+    for row in rows:
+        n = len(row)
+        for i, t in enumerate(row):
+            if t in eos:
+                n = i + 1
+                break
+        out.append(n)
+    return out
+
+
+def _summary(name: str, arrivals: list[float], finish: list[float], tokens: list[int]) -> dict[str, Any]:
+    lat = [f - a for a, f in zip(arrivals, finish, strict=True)]
+    wall = max(finish) - min(arrivals)
+    r = {
+        "config": name,
+        "tokens": sum(tokens),
+        "wall_s": wall,
+        "tokens_per_s": sum(tokens) / wall,
+        "p50_ms": 1e3 * _pct(lat, 0.5),
+        "max_ms": 1e3 * max(lat),
+    }
+    print(
+        f"{name:34s} {r['tokens']:5d} tokens in {wall:6.2f} s: {r['tokens_per_s']:7.1f} tokens/s, "
+        f"latency p50 {r['p50_ms']:8.0f} ms, max {r['max_ms']:8.0f} ms",
+        flush=True,
+    )
+    return r
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import GenerationConfig
+
+    from modelpress.serve.runtime import CausalLMRuntime, GenRequest, open_runtime
+
+    torch.set_num_threads(args.threads)
+    rt = open_runtime(args.artifact, threads=args.threads)
+    if not isinstance(rt, CausalLMRuntime):
+        raise SystemExit(f"{args.artifact} is not a causal LM")
+    model = rt.model
+    rng = random.Random(0)
+    texts = [t for t in rotten_tomatoes(seed=0).test.texts if 20 <= len(t) <= 200]
+    prompts = [rt.encode(t) for t in rng.sample(texts, args.requests)]
+    n_new, eos = args.new_tokens, rt.eos
+    rt.warm_up(args.requests)
+    with torch.inference_mode():
+        model.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False, pad_token_id=rt.pad_id)
+    results = []
+
+    def batch_generate(idx: list[int]) -> list[int]:
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), rt.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):  # left padding, as generate wants for decoder-only models
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=rt.pad_id,
+            )
+        return _gen_rows(eos, out[:, width:].tolist())
+
+    for gap in [float(g) / 1e3 for g in args.gap_ms.split(",")]:
+        print(f"\n{args.requests} requests, up to {n_new} new tokens, arriving every {1e3 * gap:g} ms")
+        arrivals_rel = [i * gap for i in range(args.requests)]
+
+        # sequential: one generate per request, first come first served
+        t0 = time.perf_counter()
+        arrivals = [t0 + a for a in arrivals_rel]
+        finish, tokens = [], []
+        for i in range(args.requests):
+            time.sleep(max(0.0, arrivals[i] - time.perf_counter()))
+            tokens += batch_generate([i])
+            finish.append(time.perf_counter())
+        results.append({"gap_ms": 1e3 * gap, **_summary("sequential generate", arrivals, finish, tokens)})
+
+        # static: every waiting request in one generate call when the model is free
+        t0 = time.perf_counter()
+        arrivals = [t0 + a for a in arrivals_rel]
+        finish_d: dict[int, float] = {}
+        tok_d: dict[int, int] = {}
+        nxt = 0
+        while nxt < args.requests:
+            time.sleep(max(0.0, arrivals[nxt] - time.perf_counter()))
+            now = time.perf_counter()
+            idx = [i for i in range(nxt, args.requests) if arrivals[i] <= now]
+            nxt = idx[-1] + 1
+            for i, n in zip(idx, batch_generate(idx), strict=True):
+                finish_d[i], tok_d[i] = time.perf_counter(), n
+        results.append(
+            {
+                "gap_ms": 1e3 * gap,
+                **_summary(
+                    "static batching (generate)",
+                    arrivals,
+                    [finish_d[i] for i in range(args.requests)],
+                    [tok_d[i] for i in range(args.requests)],
+                ),
+            }
+        )
+
+        # continuous: modelpress' iteration-level scheduler
+        t0 = time.perf_counter()
+        arrivals = [t0 + a for a in arrivals_rel]
+        reqs = [GenRequest(i, prompts[i], max_new_tokens=n_new) for i in range(args.requests)]
+        finish_d, nxt = {}, 0
+        while len(finish_d) < args.requests:
+            now = time.perf_counter()
+            if not rt.running and nxt < args.requests and arrivals[nxt] > now:
+                time.sleep(arrivals[nxt] - now)
+                now = time.perf_counter()
+            admit = []
+            while (
+                nxt < args.requests and arrivals[nxt] <= now and len(rt.running) + len(admit) < args.requests
+            ):
+                admit.append(reqs[nxt])
+                nxt += 1
+            for o in rt.step(admit):
+                if o.finish is not None:
+                    finish_d[o.id] = time.perf_counter()
+        results.append(
+            {
+                "gap_ms": 1e3 * gap,
+                **_summary(
+                    "continuous batching (modelpress)",
+                    arrivals,
+                    [finish_d[i] for i in range(args.requests)],
+                    [len(r.generated) for r in reqs],
+                ),
+            }
+        )
+
+        if gap == 0:  # transformers' continuous batching: all requests given at once
+            from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+            gc = GenerationConfig(
+                max_new_tokens=n_new, do_sample=False, eos_token_id=sorted(eos) or -1, pad_token_id=rt.pad_id
+            )
+            need = args.requests * (max(len(p) for p in prompts) + n_new)
+            cbc = ContinuousBatchingConfig(
+                page_size=16,
+                num_blocks=need // 16 + args.requests + 8,
+                max_batch_tokens=max(256, args.requests * 8),
+                max_requests_per_batch=args.requests,
+                use_cuda_graph=False,
+                use_async_batching=False,
+            )
+            try:
+                model.generate_batch(
+                    prompts[:2], generation_config=gc, continuous_batching_config=cbc
+                )  # warm-up
+                t0 = time.perf_counter()
+                outs = model.generate_batch(prompts, generation_config=gc, continuous_batching_config=cbc)
+                wall = time.perf_counter() - t0
+                toks = [len(o.generated_tokens) for o in outs.values()]
+                row = _summary(
+                    "continuous batching (transformers)", [t0] * len(toks), [t0 + wall] * len(toks), toks
+                )
+                row["note"] = "generate_batch returns when all are done: latency is the batch's wall time"
+                results.append({"gap_ms": 0.0, **row})
+            except Exception as e:  # report, do not hide, why it did not run
+                print(f"continuous batching (transformers): failed: {type(e).__name__}: {e}")
+                results.append(
+                    {"gap_ms": 0.0, "config": "continuous batching (transformers)", "error": str(e)}
+                )
+    print(
+        f"\nCPU: {cpu_model()} ({', '.join(cpu_flags())}); {args.threads} threads; artifact {args.artifact}"
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_generate.json").write_text(json.dumps({"cpu": cpu_model(), "results": results}, indent=1))
+    print(f"wrote {out / 'serve_generate.json'}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("artifact")
+    ap.add_argument(
+        "--generate", action="store_true", help="causal-LM generation: sequential / static / continuous"
+    )
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--gap-ms", default="0,250")
     ap.add_argument("--rates", default="10,20,40,80,120,160,240")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/serve_load")
     args = ap.parse_args()
+    if args.generate:
+        return generate_main(args)
     rates = [float(r) for r in args.rates.split(",")]
     texts = list(rotten_tomatoes(seed=0).test.texts)
     results: dict[str, list[dict[str, Any]]] = {}

@@ -521,15 +521,21 @@ def serve(
     bucketing: Annotated[
         str, typer.Option("--bucketing", help="Length buckets: adaptive (from recent traffic), none.")
     ] = "adaptive",
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Queued texts before 503.")] = 256,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Queued texts (causal LMs: waiting generations) before 503.")
+    ] = 256,
     deadline_s: Annotated[
         float, typer.Option("--deadline", help="Seconds before a request gets 504.")
     ] = 10.0,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of the model.")] = None,
+    max_running: Annotated[
+        int, typer.Option("--max-running", help="Causal LMs: generations decoded together per step.")
+    ] = 16,
 ) -> None:
-    """Serve a text classifier over HTTP with dynamic batching (POST /v1/classify; /health, /metrics)."""
+    """Serve an artifact over HTTP: a classifier / encoder with dynamic batching (POST /v1/classify,
+    /v1/embed) or a causal LM with continuous batching (POST /v1/generate); /health, /ready, /metrics."""
     try:
-        from .serve import BatchPolicy
+        from .serve import BatchPolicy, DecodePolicy
         from .serve import serve as run_server
 
         policy = BatchPolicy(
@@ -538,8 +544,17 @@ def serve(
             bucketing=bucketing,
             max_queue=max_queue,
         )
-        console.print(f"serving {artifact} on http://{host}:{port} (POST /v1/classify)", highlight=False)
-        run_server(artifact, host=host, port=port, policy=policy, threads=threads, deadline_s=deadline_s)
+        decode = DecodePolicy(max_running=max_running, max_queue=max_queue)
+        console.print(f"serving {artifact} on http://{host}:{port} (docs/serving.md)", highlight=False)
+        run_server(
+            artifact,
+            host=host,
+            port=port,
+            policy=policy,
+            threads=threads,
+            deadline_s=deadline_s,
+            decode=decode,
+        )
     except (ModelpressError, OSError) as e:
         raise _fail(e) from None
     except ImportError as e:

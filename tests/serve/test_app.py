@@ -132,8 +132,34 @@ def test_an_onnx_export_serves_through_the_same_runtime(tmp_path, artifact):
     assert got["label"] == ref["label"] and abs(got["score"] - ref["score"]) < 0.05
     with ServerThread(create_app(runtime)) as server:
         assert httpx.post(server.url + "/v1/classify", json={"text": "fine"}).status_code == 200
+        r = httpx.post(server.url + "/v1/embed", json={"text": "fine"})
+        assert r.status_code == 404 and "no hidden states" in r.json()["error"]
 
 
 def test_serving_needs_a_tokenizer(tmp_path, tiny_bert):
     with pytest.raises(mp.ArtifactError, match="no tokenizer"):
         ClassifierRuntime(mp.save(tiny_bert, tmp_path / "a"))
+
+
+def test_embed_is_the_normalised_mean_of_the_encoders_last_hidden_state(artifact, _server):
+    import torch
+    from transformers import AutoTokenizer
+
+    texts = ["a good film", "a much longer and rather dull film about nothing"]
+    r = httpx.post(_server.url + "/v1/embed", json={"text": texts})
+    assert r.status_code == 200
+    got = torch.tensor(r.json()["embeddings"])
+    assert r.json()["dim"] == got.shape[1] == 32
+    model, tok = mp.load(artifact).eval(), AutoTokenizer.from_pretrained(str(artifact / "tokenizer"))
+    for text, vec in zip(texts, got, strict=True):  # each alone: no padding
+        enc = tok([text], return_tensors="pt")
+        with torch.inference_mode():
+            ref = model.bert(**enc).last_hidden_state[0].mean(0)
+        assert torch.allclose(vec, ref / ref.norm(), atol=2e-3)  # batched with padding, int8 activations
+    assert torch.allclose(got.norm(dim=1), torch.ones(2), atol=1e-5)
+    one = httpx.post(_server.url + "/v1/embed", json={"text": texts[0]}).json()
+    assert torch.allclose(torch.tensor(one["embedding"]), got[0], atol=2e-3)
+    assert httpx.post(_server.url + "/v1/embed", json={"text": [""]}).status_code == 422
+    r = httpx.post(_server.url + "/v1/generate", json={"prompt": "hi"})
+    assert r.status_code == 404 and "not a causal LM" in r.json()["error"]
+    assert httpx.get(_server.url + "/ready").json()["endpoints"] == ["/v1/classify", "/v1/embed"]

@@ -150,3 +150,20 @@ def test_bad_policies(kw):
 
 def test_padding_share_helper():
     assert padding_share([[4, 4], [2, 4]]) == pytest.approx(2 / 16)
+
+
+def test_decode_scheduler_admits_in_order_into_free_slots_and_bounds_its_queue():
+    from modelpress.serve.batcher import DecodePolicy, DecodeScheduler
+
+    s = DecodeScheduler(DecodePolicy(max_running=3, max_queue=4, max_prefill=2))
+    reqs = [Request(5, float(i), deadline=10.0 if i != 3 else 0.5) for i in range(5)]
+    assert all(s.add(r) for r in reqs[:4]) and not s.add(reqs[4]) and s.rejected == 1
+    assert [r.id for r in s.admit()] == [reqs[0].id, reqs[1].id]  # at most max_prefill per step
+    assert [r.id for r in s.admit()] == [reqs[2].id]  # one slot left of max_running = 3
+    assert s.admit() == [] and s.size == 1
+    assert [r.id for r in s.drop_expired(1.0)] == [reqs[3].id] and s.size == 0 and s.expired == 1
+    assert s.remove(reqs[1].id) is reqs[1] and len(s.running) == 2  # a finished one leaves ...
+    assert s.add(reqs[4]) and [r.id for r in s.admit()] == [reqs[4].id]  # ... and its slot is taken at once
+    assert s.remove(12345) is None
+    with pytest.raises(ConfigError):
+        DecodePolicy(max_running=0)

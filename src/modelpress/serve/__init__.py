@@ -1,8 +1,10 @@
 """Serving: ``modelpress serve ARTIFACT`` — an HTTP server with dynamic batching.
 
 Three parts (docs/serving.md): ``batcher`` (policy only: when a batch closes, which requests
-go together, length buckets that follow the traffic), ``runtime`` (runs a loaded artifact
-or ONNX export on its kernels) and ``app`` (FastAPI over uvicorn, HTTP only). Needs the
+go together, length buckets that follow the traffic; who joins the running batch of a causal
+LM at the next decode step), ``runtime`` (runs a loaded artifact or ONNX export on its
+kernels: classification and embeddings, or generation with continuous batching) and ``app``
+(FastAPI over uvicorn, HTTP only). Needs the
 ``serve`` extra (installed by the README's set-up).
 """
 
@@ -13,9 +15,19 @@ import threading
 import time
 from typing import Any
 
-from .batcher import Batcher, BatchPolicy, LengthBuckets, Request
+from .batcher import Batcher, BatchPolicy, DecodePolicy, DecodeScheduler, LengthBuckets, Request
 
-__all__ = ["BatchPolicy", "Batcher", "LengthBuckets", "Request", "ServerThread", "build_app", "serve"]
+__all__ = [
+    "BatchPolicy",
+    "Batcher",
+    "DecodePolicy",
+    "DecodeScheduler",
+    "LengthBuckets",
+    "Request",
+    "ServerThread",
+    "build_app",
+    "serve",
+]
 
 
 def build_app(
@@ -24,12 +36,18 @@ def build_app(
     policy: BatchPolicy | None = None,
     threads: int | None = None,
     deadline_s: float = 10.0,
+    decode: DecodePolicy | None = None,
 ) -> Any:
+    """The app for ``artifact``: the runtime is picked from what it holds (a ``*ForCausalLM``:
+    generation with continuous batching; an encoder: classify / embed with dynamic batching)."""
     from .app import ServeConfig, create_app
-    from .runtime import ClassifierRuntime
+    from .runtime import open_runtime
 
-    runtime = ClassifierRuntime(artifact, threads=threads)
-    return create_app(runtime, ServeConfig(policy=policy or BatchPolicy(), deadline_s=deadline_s))
+    runtime = open_runtime(artifact, threads=threads)
+    return create_app(
+        runtime,
+        ServeConfig(policy=policy or BatchPolicy(), deadline_s=deadline_s, decode=decode or DecodePolicy()),
+    )
 
 
 def serve(artifact: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:

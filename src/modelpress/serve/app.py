@@ -1,10 +1,13 @@
 """The app: HTTP only (FastAPI on uvicorn), in front of one batcher and one runtime.
 
 Endpoints: ``POST /v1/classify`` (``{"text": "..."}`` or ``{"text": ["...", ...]}``),
-``GET /health`` (the process answers), ``GET /ready`` (the model is loaded and warmed up),
+``POST /v1/embed`` (same body, encoders), ``POST /v1/generate`` (causal LMs: continuous
+batching, one JSON answer or Server-Sent Events), ``GET /health`` (the process answers),
+``GET /ready`` (the model is loaded and warmed up),
 ``GET /metrics`` (Prometheus text: queue depth, batch sizes, padding share, latency,
 rejects). Bad input is a 4xx with one message; a full queue is 503 with ``Retry-After``; a
-request still queued at its deadline is 504. See docs/serving.md.
+request not answered by its deadline is 504. A client that goes away frees its slot. See
+docs/serving.md.
 """
 
 from __future__ import annotations
@@ -13,16 +16,23 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from starlette.requests import (
+    Request as HTTPRequest,
+)  # at module level: FastAPI resolves endpoint annotations here
 
 from ..errors import ConfigError
-from .batcher import Batcher, BatchPolicy, Request
+from .batcher import Batcher, BatchPolicy, DecodePolicy, DecodeScheduler, Request
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["GenerateRequest", "ServeConfig", "create_app"]
+
+_gen_ids = itertools.count(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +42,10 @@ class ServeConfig:
     max_texts: int = 64  # texts per request
     max_chars: int = 20_000  # characters per text
     retry_after_s: int = 1
+    decode: DecodePolicy = dataclasses.field(default_factory=DecodePolicy)  # causal LMs
+    max_new_tokens: int = 512  # the most a generation request may ask for
+    max_stop: int = 4  # stop strings per request
+    max_stop_chars: int = 64
 
     def __post_init__(self) -> None:
         if not 0 < self.deadline_s <= 600:
@@ -45,10 +59,33 @@ class ClassifyRequest(BaseModel):
     text: str | list[str]
 
 
+class GenerateRequest(BaseModel):
+    """``POST /v1/generate``: strict types, no extra fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: str
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: list[str] = []
+    stream: bool = False
+    seed: int | None = None
+
+
 @dataclasses.dataclass
 class _Item:
     text: str
     future: asyncio.Future
+    kind: str = "classify"  # classify | embed
+
+
+@dataclasses.dataclass
+class _Gen:
+    """An HTTP generation request: the runtime's state and the queue its outputs arrive on."""
+
+    req: Any  # runtime.GenRequest
+    out: asyncio.Queue
+    cancelled: bool = False
 
 
 class _Metrics:
@@ -75,21 +112,36 @@ class _Metrics:
         )
         self.rejected = Counter("modelpress_rejected", "Texts refused: queue full", registry=r)
         self.expired = Counter("modelpress_expired", "Texts past their deadline while queued", registry=r)
+        self.gen_tokens = Counter("modelpress_generated_tokens", "Tokens generated", registry=r)
+        self.running = Gauge("modelpress_running", "Generations in the running batch", registry=r)
+        self.decode_batch = Histogram(
+            "modelpress_decode_batch_size",
+            "Sequences per decode step",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "modelpress_cancelled", "Generations stopped: client gone or deadline passed", registry=r
+        )
 
 
 def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
-    """A FastAPI app serving ``runtime`` (e.g. ``ClassifierRuntime``) with dynamic batching."""
+    """A FastAPI app serving ``runtime``: ``ClassifierRuntime`` (classify / embed, dynamic
+    batching) or ``CausalLMRuntime`` (generate, continuous batching)."""
     from fastapi import FastAPI
-    from fastapi import Request as HTTPRequest
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from prometheus_client import generate_latest
 
     cfg = config or ServeConfig()
+    is_lm = getattr(runtime, "task", "") == "text-generation"
     batcher = Batcher(cfg.policy)
+    sched = DecodeScheduler(cfg.decode)
+    gens: dict[int, _Gen] = {}  # id -> generation request (queued or running)
     metrics = _Metrics()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpress-runtime")
     state: dict[str, Any] = {"ready": False, "stopping": False, "wake": None, "worker": None}
+    busy = {"Retry-After": str(cfg.retry_after_s)}
 
     async def worker() -> None:
         loop = asyncio.get_running_loop()
@@ -111,27 +163,87 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
                     await asyncio.wait_for(wake.wait(), timeout=1.0 if wait is None else max(wait, 1e-4))
                 continue
             items = [r.payload for r in batch if not r.payload.future.done()]  # skip given-up ones
-            if not items:
-                continue
             metrics.batch.observe(len(items))
-            try:
-                results = await loop.run_in_executor(executor, runtime.run, [i.text for i in items])
-            except Exception as e:  # the model failed: every request of the batch learns it
-                for i in items:
+            for kind in ("classify", "embed"):
+                part = [i for i in items if i.kind == kind]
+                if not part:
+                    continue
+                fn = runtime.run if kind == "classify" else runtime.embed
+                try:
+                    results = await loop.run_in_executor(executor, fn, [i.text for i in part])
+                except Exception as e:  # the model failed: every request of the batch learns it
+                    for i in part:
+                        if not i.future.done():
+                            i.future.set_exception(RuntimeError(f"the model failed on this batch: {e}"))
+                    continue
+                for i, res in zip(part, results, strict=True):
                     if not i.future.done():
-                        i.future.set_exception(RuntimeError(f"the model failed on this batch: {e}"))
-                continue
+                        i.future.set_result(res)
             metrics.padding.set(batcher.padding_share)
-            for i, res in zip(items, results, strict=True):
-                if not i.future.done():
-                    i.future.set_result(res)
+
+    def _finish(g: _Gen, item: Any) -> None:
+        """A generation leaves the scheduler; ``item`` (an exception or None) ends its stream."""
+        sched.remove(g.req.id)
+        gens.pop(g.req.id, None)
+        if item is not None:
+            g.out.put_nowait(item)
+
+    async def gen_worker() -> None:
+        """The decode loop: one runtime step per iteration; joins and leaves between steps."""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Event = state["wake"]
+        while True:
+            now = time.monotonic()
+            for r in sched.drop_expired(now):  # still waiting at the deadline
+                metrics.expired.inc()
+                _finish(r.payload, TimeoutError())
+            cancel: set[int] = set()
+            for rid, r in list(sched.running.items()):
+                g = r.payload
+                if g.cancelled or (r.deadline is not None and r.deadline <= now):
+                    cancel.add(rid)
+                    metrics.cancelled.inc()
+                    _finish(g, None if g.cancelled else TimeoutError())
+            for r in list(sched.waiting):
+                if r.payload.cancelled:
+                    _finish(r.payload, None)
+            admit = sched.admit()
+            metrics.queue.set(sched.size)
+            if not admit and not sched.running and not cancel:
+                if state["stopping"] and sched.size == 0:
+                    return
+                wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=0.5)
+                continue
+            metrics.decode_batch.observe(len(sched.running))
+            metrics.running.set(len(sched.running))
+            try:
+                outs = await loop.run_in_executor(
+                    executor, runtime.step, [r.payload.req for r in admit], cancel
+                )
+            except Exception as e:  # the model failed: every running request learns it, the batch restarts
+                err = RuntimeError(f"the model failed during generation: {e}")
+                for r in list(sched.running.values()):
+                    _finish(r.payload, err)
+                runtime.reset()  # the runtime's rows go too
+                continue
+            for o in outs:
+                g = gens.get(o.id)
+                if g is None:
+                    continue
+                metrics.gen_tokens.inc()
+                g.out.put_nowait(o)
+                if o.finish is not None:
+                    _finish(g, None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         state["wake"] = asyncio.Event()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executor, runtime.warm_up, cfg.policy.max_batch_size)
-        state["worker"] = asyncio.create_task(worker())
+        warm = cfg.decode.max_running if is_lm else cfg.policy.max_batch_size
+        await loop.run_in_executor(executor, runtime.warm_up, warm)
+        state["worker"] = asyncio.create_task(gen_worker() if is_lm else worker())
         state["ready"] = True
         try:
             yield
@@ -140,7 +252,7 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
             state["stopping"] = True
             state["wake"].set()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(state["worker"], timeout=cfg.deadline_s)
+                await asyncio.wait_for(state["worker"], timeout=cfg.deadline_s + 1.0)
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="modelpress serve", lifespan=lifespan)
@@ -168,40 +280,56 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
 
     @app.get("/metrics")
     async def prom() -> PlainTextResponse:
-        metrics.queue.set(batcher.size)
+        metrics.queue.set(sched.size if is_lm else batcher.size)
         metrics.pad_tokens.set(batcher.padded_tokens)
         metrics.real_tokens.set(batcher.real_tokens)
         return PlainTextResponse(
             generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4"
         )
 
-    @app.post("/v1/classify")
-    async def classify(body: ClassifyRequest) -> JSONResponse:
-        t0 = time.monotonic()
+    def not_served(what: str) -> JSONResponse | None:
+        if what == "generate" and not is_lm:
+            return error(404, "this artifact is not a causal LM: POST /v1/generate is not served")
+        if what != "generate" and is_lm:
+            return error(
+                404, f"this artifact is a causal LM: POST /v1/{what} is not served, use /v1/generate"
+            )
+        if what == "classify" and not getattr(runtime, "can_classify", True):
+            return error(404, "this artifact has no classification head: POST /v1/classify is not served")
+        if what == "embed" and not getattr(runtime, "can_embed", False):
+            return error(
+                404, "this runtime gives no hidden states (ONNX export): POST /v1/embed is not served"
+            )
         if not state["ready"] or state["stopping"]:
-            return error(503, "the server is not ready", {"Retry-After": str(cfg.retry_after_s)})
+            return error(503, "the server is not ready", busy)
+        return None
+
+    async def texts_through_batcher(
+        body: ClassifyRequest, kind: str
+    ) -> tuple[list[Any] | None, JSONResponse | None]:
+        t0 = time.monotonic()
         texts = [body.text] if isinstance(body.text, str) else body.text
         if not texts:
-            return error(422, "text must be a non-empty string or a non-empty list of strings")
+            return None, error(422, "text must be a non-empty string or a non-empty list of strings")
         if len(texts) > cfg.max_texts:
-            return error(413, f"at most {cfg.max_texts} texts per request, got {len(texts)}")
+            return None, error(413, f"at most {cfg.max_texts} texts per request, got {len(texts)}")
         for t in texts:
             if not t.strip():
-                return error(422, "every text must hold at least one non-space character")
+                return None, error(422, "every text must hold at least one non-space character")
             if len(t) > cfg.max_chars:
-                return error(413, f"a text may hold at most {cfg.max_chars} characters, got {len(t)}")
+                return None, error(413, f"a text may hold at most {cfg.max_chars} characters, got {len(t)}")
         lengths = [runtime.length(t) for t in texts]
         longest = max(lengths)
         if longest > runtime.max_length:
-            return error(
+            return None, error(
                 413, f"text too long: {longest} tokens, the model takes at most {runtime.max_length}"
             )
         if batcher.size + len(texts) > cfg.policy.max_queue:
             batcher.rejected += len(texts)
             metrics.rejected.inc(len(texts))
-            return error(503, "the server is busy: queue full", {"Retry-After": str(cfg.retry_after_s)})
+            return None, error(503, "the server is busy: queue full", busy)
         loop = asyncio.get_running_loop()
-        items = [_Item(t, loop.create_future()) for t in texts]
+        items = [_Item(t, loop.create_future(), kind) for t in texts]
         deadline = t0 + cfg.deadline_s
         for item, n in zip(items, lengths, strict=True):
             batcher.add(Request(n, t0, item, deadline))
@@ -211,17 +339,184 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
                 asyncio.gather(*(i.future for i in items)), timeout=cfg.deadline_s + 1.0
             )
         except TimeoutError:
-            return error(504, f"not answered within the {cfg.deadline_s:g} s deadline")
+            return None, error(504, f"not answered within the {cfg.deadline_s:g} s deadline")
         except RuntimeError as e:
-            return error(500, str(e))
+            return None, error(500, str(e))
         finally:
             for i in items:  # a request that gave up (deadline, client gone) frees its queue slots
                 if not i.future.done():
                     i.future.cancel()
         metrics.latency.observe(time.monotonic() - t0)
         metrics.requests.labels("200").inc()
+        return list(results), None
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest) -> JSONResponse:
+        refused = not_served("classify")
+        if refused is not None:
+            return refused
+        results, err = await texts_through_batcher(body, "classify")
+        if err is not None or results is None:
+            return err  # type: ignore[return-value]
         return JSONResponse({"results": results} if isinstance(body.text, list) else results[0])
 
+    @app.post("/v1/embed")
+    async def embed(body: ClassifyRequest) -> JSONResponse:
+        refused = not_served("embed")
+        if refused is not None:
+            return refused
+        results, err = await texts_through_batcher(body, "embed")
+        if err is not None or results is None:
+            return err  # type: ignore[return-value]
+        dim = len(results[0])
+        if isinstance(body.text, list):
+            return JSONResponse({"embeddings": results, "dim": dim})
+        return JSONResponse({"embedding": results[0], "dim": dim})
+
+    def check_generate(body: GenerateRequest) -> tuple[list[int] | None, JSONResponse | None]:
+        if not body.prompt.strip():
+            return None, error(422, "prompt must hold at least one non-space character")
+        if len(body.prompt) > cfg.max_chars:
+            return None, error(
+                413, f"a prompt may hold at most {cfg.max_chars} characters, got {len(body.prompt)}"
+            )
+        if not 1 <= body.max_new_tokens <= cfg.max_new_tokens:
+            return None, error(
+                422, f"max_new_tokens must be in [1, {cfg.max_new_tokens}], got {body.max_new_tokens}"
+            )
+        if not (0.0 <= body.temperature <= 5.0) or body.temperature != body.temperature:
+            return None, error(422, f"temperature must be in [0, 5] (0: greedy), got {body.temperature}")
+        if not 0.0 < body.top_p <= 1.0:
+            return None, error(422, f"top_p must be in (0, 1], got {body.top_p}")
+        if len(body.stop) > cfg.max_stop or any(not s or len(s) > cfg.max_stop_chars for s in body.stop):
+            return None, error(
+                422, f"stop: at most {cfg.max_stop} strings of 1 to {cfg.max_stop_chars} characters each"
+            )
+        ids = runtime.encode(body.prompt)
+        limit = runtime.max_positions
+        if len(ids) + body.max_new_tokens > limit:
+            return None, error(
+                413,
+                f"prompt too long: {len(ids)} tokens + max_new_tokens {body.max_new_tokens} exceed the "
+                f"model's {limit} positions",
+            )
+        return ids, None
+
+    @app.post("/v1/generate", response_model=None)
+    async def generate(body: GenerateRequest, http: HTTPRequest) -> JSONResponse | StreamingResponse:
+        from .runtime import GenRequest
+
+        t0 = time.monotonic()
+        refused = not_served("generate")
+        if refused is not None:
+            return refused
+        ids, err = check_generate(body)
+        if err is not None or ids is None:
+            return err  # type: ignore[return-value]
+        req = GenRequest(
+            id=next(_gen_ids),
+            prompt_ids=ids,
+            max_new_tokens=body.max_new_tokens,
+            temperature=float(body.temperature),
+            top_p=float(body.top_p),
+            stop=tuple(body.stop),
+            seed=body.seed,
+        )
+        g = _Gen(req, asyncio.Queue())
+        if not sched.add(Request(len(ids), t0, g, t0 + cfg.deadline_s, id=req.id)):
+            metrics.rejected.inc()
+            return error(503, "the server is busy: queue full", busy)
+        gens[req.id] = g
+        state["wake"].set()
+
+        def leave() -> None:  # the client is gone: the worker stops its generation at the next step
+            if req.id in gens:
+                g.cancelled = True
+                state["wake"].set()
+
+        async def outputs() -> AsyncIterator[Any]:
+            """The request's outputs until its end; raises TimeoutError / RuntimeError. Every
+            0.25 s it asks whether the client is still there (the tokens may keep coming)."""
+            checked = time.monotonic()
+            while True:
+                try:
+                    item = await asyncio.wait_for(g.out.get(), timeout=0.25)
+                except TimeoutError:
+                    item = None
+                now = time.monotonic()
+                if now - checked >= 0.25:
+                    checked = now
+                    if await http.is_disconnected():
+                        leave()
+                        return
+                if item is None:
+                    if now > t0 + cfg.deadline_s + 2.0:  # the worker is stuck: give up
+                        leave()
+                        raise TimeoutError()
+                    continue
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if item.finish is not None:
+                    return
+
+        if body.stream:
+
+            async def events() -> AsyncIterator[str]:
+                n = 0
+                try:
+                    async for o in outputs():
+                        n = o.tokens
+                        ev: dict[str, Any] = {"text": o.text, "tokens": o.tokens}
+                        if o.finish is not None:
+                            ev["finish_reason"] = o.finish
+                            metrics.latency.observe(time.monotonic() - t0)
+                        yield f"data: {json.dumps(ev)}\n\n"
+                except TimeoutError:
+                    yield (
+                        "event: error\ndata: "
+                        + json.dumps(
+                            {"error": f"not finished within the {cfg.deadline_s:g} s deadline", "tokens": n}
+                        )
+                        + "\n\n"
+                    )
+                except RuntimeError as e:
+                    yield "event: error\ndata: " + json.dumps({"error": str(e), "tokens": n}) + "\n\n"
+                finally:  # closed early (client gone, server stopping): free the slot
+                    leave()
+
+            metrics.requests.labels("200").inc()
+            return StreamingResponse(
+                events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+
+        parts: list[str] = []
+        last = None
+        try:
+            async for o in outputs():
+                parts.append(o.text)
+                last = o
+        except TimeoutError:
+            return error(504, f"not finished within the {cfg.deadline_s:g} s deadline")
+        except RuntimeError as e:
+            return error(500, str(e))
+        finally:
+            leave()
+        if last is None:  # the client left
+            return error(499, "the client closed the request")
+        metrics.latency.observe(time.monotonic() - t0)
+        metrics.requests.labels("200").inc()
+        return JSONResponse(
+            {
+                "text": "".join(parts),
+                "tokens": last.tokens,
+                "prompt_tokens": len(ids),
+                "finish_reason": last.finish,
+            }
+        )
+
     app.state.batcher = batcher
+    app.state.scheduler = sched
+    app.state.generations = gens
     app.state.metrics = metrics
     return app

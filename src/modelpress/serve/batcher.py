@@ -16,6 +16,9 @@ unit-tested directly:
 - **A bounded queue**: ``add`` refuses a request when ``max_queue`` are waiting (the app
   answers 503 with Retry-After); requests past their deadline are dropped from the queue
   and handed back as expired.
+- **Iteration-level scheduling** (``DecodeScheduler``, causal-LM generation): the running
+  batch is re-formed at every decode step: waiting requests join at the next step while
+  fewer than ``max_running`` run (first come, first served) and finished ones leave at once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BatchPolicy", "Batcher", "LengthBuckets", "Request"]
+__all__ = ["BatchPolicy", "Batcher", "DecodePolicy", "DecodeScheduler", "LengthBuckets", "Request"]
 
 _ids = itertools.count()
 
@@ -202,3 +205,72 @@ def padding_share(lengths: Sequence[Sequence[int]]) -> float:
     pad = sum(max(b) * len(b) - sum(b) for b in lengths if b)
     real = sum(sum(b) for b in lengths)
     return pad / (pad + real) if pad + real else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodePolicy:
+    max_running: int = 16  # sequences decoded together in one step
+    max_queue: int = 64  # waiting (not yet running) requests before 503
+    max_prefill: int = 8  # requests admitted (prefilled together) per step
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        for name in ("max_running", "max_queue", "max_prefill"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+class DecodeScheduler:
+    """Who decodes at the next step (continuous batching), policy only: the caller runs the
+    model and says which requests finished. Waiting requests are admitted first come, first
+    served whenever a slot is free (at most ``max_prefill`` per step, so one step's prefill
+    does not stall the running ones for long); the queue of waiting requests is bounded."""
+
+    def __init__(self, policy: DecodePolicy | None = None) -> None:
+        self.policy = policy or DecodePolicy()
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: dict[int, Request] = {}
+        self.rejected = 0
+        self.expired = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.waiting)
+
+    def add(self, req: Request) -> bool:
+        """Queue a request; False (rejected) when ``max_queue`` are already waiting."""
+        if len(self.waiting) >= self.policy.max_queue:
+            self.rejected += 1
+            return False
+        self.waiting.append(req)
+        return True
+
+    def drop_expired(self, now: float) -> list[Request]:
+        """Remove and return the waiting requests past their deadline (running ones are the
+        caller's to stop: it holds their state)."""
+        out = [r for r in self.waiting if r.deadline is not None and r.deadline <= now]
+        if out:
+            gone = {r.id for r in out}
+            self.waiting = collections.deque(r for r in self.waiting if r.id not in gone)
+            self.expired += len(out)
+        return out
+
+    def remove(self, req_id: int) -> Request | None:
+        """A request leaves, queued or running (finished, cancelled, client gone)."""
+        if req_id in self.running:
+            return self.running.pop(req_id)
+        for r in self.waiting:
+            if r.id == req_id:
+                self.waiting.remove(r)
+                return r
+        return None
+
+    def admit(self) -> list[Request]:
+        """The waiting requests that join the running batch at the next step."""
+        free = min(self.policy.max_running - len(self.running), self.policy.max_prefill)
+        out = [self.waiting.popleft() for _ in range(min(max(free, 0), len(self.waiting)))]
+        for r in out:
+            self.running[r.id] = r
+        return out
