@@ -523,6 +523,7 @@ STRUCTURE_CLASSES: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
         {"normalized_shape": _INTS, "eps": _FLOAT, "elementwise_affine": _BOOL, "bias": _BOOL},
     ),
     "Embedding": (nn.Embedding, {"num_embeddings": _INT, "embedding_dim": _INT, "padding_idx": _INT}),
+    "PReLU": (nn.PReLU, {"num_parameters": _INT, "init": _FLOAT}),
     "LowRankLinear": (
         LowRankLinear,
         {"in_features": _INT, "rank": _INT, "out_features": _INT, "bias": _BOOL},
