@@ -29,7 +29,6 @@ from ..base import (
     MethodConfig,
     between,
     check_patterns,
-    matches,
     one_of,
     param,
 )

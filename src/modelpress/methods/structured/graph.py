@@ -327,13 +327,13 @@ def _flatten_args(node: fx.Node, modules: dict[str, nn.Module]) -> bool | None:
         m = modules[str(node.target)]
         if not isinstance(m, nn.Flatten):
             return None
-        return m.start_dim == 1 and m.end_dim == -1
+        return bool(m.start_dim == 1 and m.end_dim == -1)
     if (node.op == "call_function" and node.target is torch.flatten) or (
         node.op == "call_method" and node.target == "flatten"
     ):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
+        return bool(start == 1 and end == -1)
     return None
 
 
@@ -495,7 +495,9 @@ class _Walk:
             if c is not None:
                 self.consume(c, name, m, "in", factor)
             s = self.produce(name, m, m.out_features)
-            return _Chan(((s, m.out_features),), 2 if c is not None and c.flat else (c.ndim if c else None), -1)
+            return _Chan(
+                ((s, m.out_features),), 2 if c is not None and c.flat else (c.ndim if c else None), -1
+            )
         if c is None:
             return None  # a layer on tensors whose channels are not followed
         if isinstance(m, _NORM) and conv_like and m.num_features == c.size:
@@ -533,7 +535,9 @@ class _Walk:
             return chans[0]  # with a Python number: element-wise
         if len(chans) != len(ins):
             other = next(v for v in vals if not isinstance(v, _Chan))
-            kind = f"parameter '{other.target}'" if isinstance(other, _Param) else "a tensor it does not follow"
+            kind = (
+                f"parameter '{other.target}'" if isinstance(other, _Param) else "a tensor it does not follow"
+            )
             self.fix_all(node, f"it reaches {what} with {kind}")
             return None
         a = chans[0]
@@ -569,7 +573,9 @@ class _Walk:
         return None
 
 
-def channel_graph(model: nn.Module, what: str = "prune-channels") -> tuple[list[ChannelGroup], dict[str, str]]:
+def channel_graph(
+    model: nn.Module, what: str = "prune-channels"
+) -> tuple[list[ChannelGroup], dict[str, str]]:
     """The free channel groups of ``model`` (traced with ``torch.fx``) and, for every Conv /
     Linear whose outputs are kept whole, why. A model fx cannot trace (data-dependent control
     flow, ...) is one ``ConfigError`` naming the failure."""
@@ -645,7 +651,10 @@ def _keep_index(size: int, cuts: list[tuple[int, int, int, Sequence[int]]]) -> t
 def prune_channel_groups(groups: Sequence[ChannelGroup], keeps: Sequence[Sequence[int]]) -> None:
     """Remove every channel of each group not in its ``keep`` (sorted), all groups at once
     (offsets of concatenations refer to the unpruned model), in place."""
-    todo: dict[int, tuple[nn.Module, dict[str, list[tuple[int, int, int, Sequence[int]]]], set[str]]] = {}
+    # module id -> (module, {(tensor attribute, dim): cuts in unpruned coordinates}, roles)
+    todo: dict[
+        int, tuple[nn.Module, dict[tuple[str, int], list[tuple[int, int, int, Sequence[int]]]], set[str]]
+    ] = {}
     for g, keep in zip(groups, keeps, strict=True):
         if not keep:
             raise ConfigError(f"pruning would remove every {g.unit} of '{g.name}'; lower the fraction")
@@ -656,13 +665,12 @@ def prune_channel_groups(groups: Sequence[ChannelGroup], keeps: Sequence[Sequenc
             roles.add(s.role)
             for a, _t, d in s.tensors():
                 f = s.factor if d == s.dim else 1
-                cuts.setdefault(f"{a}:{d}", []).append((s.offset, g.n, f, keep))
+                cuts.setdefault((a, d), []).append((s.offset, g.n, f, keep))
     for m, cuts, roles in todo.values():
-        for key, cs in cuts.items():
-            a, d = key.split(":")
+        for (a, d), cs in cuts.items():
             t = getattr(m, a)
-            idx = _keep_index(t.shape[int(d)], cs).to(t.device)
-            new = t.detach().index_select(int(d), idx).clone()
+            idx = _keep_index(t.shape[d], cs).to(t.device)
+            new = t.detach().index_select(d, idx).clone()
             if isinstance(t, nn.Parameter):
                 setattr(m, a, nn.Parameter(new, requires_grad=t.requires_grad))
             else:

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
@@ -84,7 +83,9 @@ class Group:
 
     def grad_parts(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """``(weight, grad, dim)`` of every parameter of the group that has a gradient."""
-        return [(t, t.grad, d) for t, d in self.tensors() if isinstance(t, nn.Parameter) and t.grad is not None]
+        return [
+            (t, t.grad, d) for t, d in self.tensors() if isinstance(t, nn.Parameter) and t.grad is not None
+        ]
 
     def selected(self, include: Sequence[str], exclude: Sequence[str]) -> bool:
         """Whether include / exclude patterns select this group (they match its name)."""
