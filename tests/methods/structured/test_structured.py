@@ -525,7 +525,7 @@ def test_pruning_a_quantized_layer_is_refused(tiny_bert):
 def test_presets_are_registered():
     from modelpress.methods.base import PRESETS
 
-    for name in ("prune-heads-25", "prune-ffn-50", "prune-structured"):
+    for name in ("prune-heads-25", "prune-ffn-50", "prune-structured", "prune-channels-50"):
         preset = PRESETS.get(name)
         assert preset.family == "pruning"
         configs = preset.build()
