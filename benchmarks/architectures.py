@@ -245,10 +245,15 @@ def timed_rounds(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, war
         for _ in range(warmup):
             for m in models.values():
                 m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
+        keys = list(models)
+        for r in range(rounds):
+            # every round starts with the original; the others run in a rotating order, so no
+            # model always follows the big original (cache state) or always goes last
+            rest = keys[1:]
+            shift = r % len(rest) if rest else 0
+            for k in [keys[0], *rest[shift:], *rest[:shift]]:
                 t0 = time.perf_counter()
-                m(x)
+                models[k](x)
                 times[k].append((time.perf_counter() - t0) * 1e3)
     out = {}
     ref = times[next(iter(times))]
