@@ -490,9 +490,14 @@ class Residual(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def test_unsupported_graph_is_refused():
-    with pytest.raises(ConfigError, match=r"cannot prune 'conv1'.*add"):
-        mp.compress(Residual(), PruneChannelsConfig(fraction=0.5))
+def test_residual_add_couples_its_producers():
+    torch.manual_seed(0)
+    pruned = mp.compress(Residual().eval(), PruneChannelsConfig(fraction=0.5))
+    # conv1 and conv2 feed the same sum: they keep the same 4 channels, and fc reads those
+    assert (pruned.conv1.out_channels, pruned.conv2.in_channels, pruned.conv2.out_channels) == (4, 4, 4)
+    assert pruned.fc.in_features == 4
+    with pytest.raises(ConfigError, match=r"cannot prune 'fc'.*the model's output"):
+        mp.compress(Residual().eval(), PruneChannelsConfig(fraction=0.5, include=("fc",)))
 
 
 def test_channels_on_a_transformer_is_refused(tiny_bert):
@@ -520,7 +525,7 @@ def test_pruning_a_quantized_layer_is_refused(tiny_bert):
 def test_presets_are_registered():
     from modelpress.methods.base import PRESETS
 
-    for name in ("prune-heads-25", "prune-ffn-50", "prune-structured"):
+    for name in ("prune-heads-25", "prune-ffn-50", "prune-structured", "prune-channels-50"):
         preset = PRESETS.get(name)
         assert preset.family == "pruning"
         configs = preset.build()

@@ -1,14 +1,15 @@
 """``prune-channels``: remove conv filters (and hidden Linear neurons) of CNNs / MLPs for real.
 
 Filter pruning after Li et al. 2017, "Pruning Filters for Efficient ConvNets" (arXiv
-1608.08710): a filter goes with its bias, its entries of a following BatchNorm, and the
-input channels of the next conv — or, after a flatten, its ``H*W`` block of input columns of
-the first Linear. The dependencies are found by tracing the model with ``torch.fx`` (a small
-version of Torch-Pruning's dependency graph, Fang et al. 2023, arXiv 2301.12900): only
-element-wise activations, pooling, dropout, BatchNorm and ``flatten(1)`` may sit between a
-layer and its consumers. A layer that feeds the model's output is left as it is; a selected
-layer whose output reaches anything else (a residual addition, a concatenation, a reshape)
-is refused with an error naming the operation — exclude it to prune the rest.
+1608.08710), with the dependencies of any ``torch.fx``-traceable model (``graph``, a small
+version of Torch-Pruning's dependency graph, Fang et al. 2023, arXiv 2301.12900): a filter
+goes with its bias, its BatchNorm / PReLU entries, the depthwise filter that reads it, the
+input channels of every consumer (at their offsets after a concatenation; after a flatten
+its ``H*W`` block of input columns of the first Linear), and — through a residual addition
+or a squeeze-excitation product — the same channel of every other producer of that sum.
+Channels that reach something not followed (the model's output, a reshape, attention, a
+grouped convolution) are kept whole and logged with the reason; a model fx cannot trace is
+refused with the tracer's reason.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..base import CompressContext, matches, register, register_config
 from .common import StructuredConfig, run_pruning
-from .groups import Group, channel_groups
+from .graph import ChannelGroup, channel_graph, prune_channel_groups
 
 __all__ = ["PruneChannelsConfig", "prunable_channels"]
 
@@ -31,32 +32,34 @@ log = logging.getLogger(__name__)
 @register_config
 @dataclasses.dataclass(frozen=True)
 class PruneChannelsConfig(StructuredConfig):
-    """Remove ``fraction`` of the output channels of every selected Conv (and of the
-    neurons of hidden Linear layers) with the dependent inputs of the next layer. See
-    ``StructuredConfig`` for the other fields; include / exclude match the pruned layer."""
+    """Remove ``fraction`` of the channels of every channel group (the output channels of a
+    Conv / hidden Linear and everything coupled to them) with the dependent inputs of the
+    next layers. See ``StructuredConfig`` for the other fields; include / exclude match the
+    producing layers (a group is pruned when include matches one of its producers and
+    exclude none)."""
 
     name = "prune-channels"
 
 
-def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = None) -> list[Group]:
-    """The channel groups of ``model`` selected by ``config`` (all when None); raises for a
-    selected layer whose dependencies modelpress cannot follow."""
-    groups, skipped = channel_groups(model)
+def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = None) -> list[ChannelGroup]:
+    """The channel groups of ``model`` (all of them when ``config`` is None). Layers kept
+    whole are logged with the reason; one that ``include`` names explicitly (not ``*``) is
+    a ``ConfigError`` with that reason."""
+    groups, skipped = channel_graph(model)
     include, exclude = (config.include, config.exclude) if config else (("*",), ())
+    explicit = tuple(p for p in include if p != "*")
     for name, reason in skipped.items():
-        if not matches(name, include, exclude):
-            continue
-        if reason.endswith("the model's output"):
+        if explicit and matches(name, explicit, exclude):
+            raise ConfigError(
+                f"prune-channels cannot prune '{name}': {reason}; the channels of a layer are kept whole "
+                "when they reach an operation it does not follow (supported: conv / linear, batchnorm, "
+                "prelu, depthwise conv, element-wise ops, pooling, residual add / mul, cat, flatten)"
+            )
+        if matches(name, include, exclude):
             log.info("prune-channels: '%s' is kept whole: %s", name, reason)
-            continue
-        raise ConfigError(
-            f"prune-channels cannot prune '{name}': {reason}, which it does not follow (supported: "
-            "conv/linear -> batchnorm, activation, pooling, dropout -> conv, or flatten(1) -> linear); "
-            f"add '{name}' to exclude"
-        )
     return groups
 
 
 @register(PruneChannelsConfig)
 def _prune_channels(model: nn.Module, config: PruneChannelsConfig, ctx: CompressContext) -> nn.Module:
-    return run_pruning(model, config, ctx, lambda m: prunable_channels(m, config))
+    return run_pruning(model, config, ctx, lambda m: prunable_channels(m, config), prune_channel_groups)

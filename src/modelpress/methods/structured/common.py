@@ -29,7 +29,6 @@ from ..base import (
     MethodConfig,
     between,
     check_patterns,
-    matches,
     one_of,
     param,
 )
@@ -137,13 +136,10 @@ def score_groups(
             handles.append(mod.register_forward_hook(hook))
         forward_passes(model, data, batches, handles)
         return scores
-    params = [t for g in groups for t, _ in g.tensors() if isinstance(t, nn.Parameter)]
+    params = list({id(p): p for g in groups for p in g.params()}.values())
     for _ in backward_passes(model, data, batches, params):  # taylor
         for i, g in enumerate(groups):
-            parts = [
-                (t, t.grad, d) for t, d in g.tensors() if isinstance(t, nn.Parameter) and t.grad is not None
-            ]
-            scores[i] += taylor_group_contribution(parts, g.n)
+            scores[i] += taylor_group_contribution(g.grad_parts(), g.n)
     return scores
 
 
@@ -178,25 +174,35 @@ def finetune(model: nn.Module, cfg: Any, ctx: CompressContext) -> None:
         )
 
 
+def _prune_each(groups: Sequence[Group], keeps: Sequence[Sequence[int]]) -> None:
+    for g, keep in zip(groups, keeps, strict=True):
+        prune_group(g, keep)
+
+
 def run_pruning(
-    model: nn.Module, cfg: StructuredConfig, ctx: CompressContext, find: Callable[[nn.Module], list[Group]]
+    model: nn.Module,
+    cfg: StructuredConfig,
+    ctx: CompressContext,
+    find: Callable[[nn.Module], Sequence[Group]],
+    prune: Callable[[Sequence[Any], Sequence[Sequence[int]]], None] = _prune_each,
 ) -> nn.Module:
     """Find the groups, check the data a fine-tune needs before touching the model, score,
-    prune, fine-tune. include / exclude match the group names, which are module names (the
-    attention module, the layer or MLP, the producing conv / linear)."""
+    prune (``prune(groups, keeps)``, all at once), fine-tune. include / exclude select groups
+    by their names, which are module names (the attention module, the layer or MLP, the
+    producing conv / linear)."""
     if cfg.epochs:
         ctx.require_data(cfg.name, FIT_DATA, score=True)
     found = find(model)
     check_patterns(model, cfg.name, cfg.include, cfg.exclude)
-    groups = [g for g in found if matches(g.name, cfg.include, cfg.exclude)]
+    groups = [g for g in found if g.selected(cfg.include, cfg.exclude)]
     if not groups:
         raise cfg.error("no structure to prune (check include/exclude)")
     check_untied(model, groups, cfg.name)
     keeps = plan_keep(model, groups, cfg, ctx)
     before = sum(p.numel() for p in model.parameters())
-    for g, keep in zip(groups, keeps, strict=True):
-        n = g.n
-        prune_group(g, keep)
+    sizes = [g.n for g in groups]
+    prune(groups, keeps)
+    for g, n in zip(groups, sizes, strict=True):
         log.info("%s: '%s' keeps %d of %d %ss", cfg.name, g.name, g.n, n, g.unit)
     log.info("%s: parameters %d -> %d", cfg.name, before, sum(p.numel() for p in model.parameters()))
     finetune(model, cfg, ctx)

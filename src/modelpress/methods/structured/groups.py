@@ -21,18 +21,16 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
 from ...models.blocks import block_list
-from ..base import replace_module
+from ..base import matches, replace_module
 
 __all__ = [
     "Group",
     "Part",
     "attention_groups",
-    "channel_groups",
     "check_untied",
     "ffn_groups",
     "prune_group",
@@ -75,6 +73,24 @@ class Group:
         """Every tensor of the group with the dim its units split: ``(tensor, dim)``."""
         return [(t, d) for p in self.parts for t, d in _part_tensors(p.module, p.dim)]
 
+    def raw_tensors(self) -> list[torch.Tensor]:
+        """The whole tensors (parameters and buffers) the group cuts into."""
+        return [t for p in self.parts for t, _ in _part_tensors(p.module, p.dim)]
+
+    def params(self) -> list[nn.Parameter]:
+        """The parameters among ``tensors()`` (what a Taylor score needs gradients for)."""
+        return [t for t, _ in self.tensors() if isinstance(t, nn.Parameter)]
+
+    def grad_parts(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """``(weight, grad, dim)`` of every parameter of the group that has a gradient."""
+        return [
+            (t, t.grad, d) for t, d in self.tensors() if isinstance(t, nn.Parameter) and t.grad is not None
+        ]
+
+    def selected(self, include: Sequence[str], exclude: Sequence[str]) -> bool:
+        """Whether include / exclude patterns select this group (they match its name)."""
+        return matches(self.name, include, exclude)
+
 
 def _weight(m: nn.Module) -> torch.Tensor:
     """``m.weight`` of a layer known to have one (``nn.Module`` types attributes loosely)."""
@@ -111,14 +127,13 @@ def check_untied(model: nn.Module, groups: Sequence[Group], what: str) -> None:
             if p is not None:
                 owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
     for g in groups:
-        for part in g.parts:
-            for t, _ in _part_tensors(part.module, part.dim):
-                names = owners.get(id(t), [])
-                if len(names) > 1:
-                    raise ConfigError(
-                        f"{what}: {names[0]} is tied to {', '.join(names[1:])}; structured pruning "
-                        f"would change both. Untie the weights or exclude '{g.name}'"
-                    )
+        for t in g.raw_tensors():
+            names = owners.get(id(t), [])
+            if len(names) > 1:
+                raise ConfigError(
+                    f"{what}: {names[0]} is tied to {', '.join(names[1:])}; structured pruning "
+                    f"would change both. Untie the weights or exclude '{g.name}'"
+                )
 
 
 def _index(size: int, n: int, keep: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -295,195 +310,3 @@ def remove_blocks(model: nn.Module, keep: Sequence[int]) -> None:
     if isinstance(layer_types, list) and len(layer_types) == len(blocks):
         config.layer_types = [layer_types[i] for i in keep]
     config.num_hidden_layers = len(keep)
-
-
-# -- CNNs (and MLPs): channels / neurons, found by tracing ---------------------------------
-
-_PASS_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardswish,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Identity,
-)
-_POOL_MODULES = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-)
-_PASS_FUNCS = {
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    F.hardswish,
-    F.dropout,
-    torch.relu,
-    torch.tanh,
-    torch.sigmoid,
-    F.tanh,
-    F.sigmoid,
-}
-_POOL_FUNCS = {
-    F.max_pool1d,
-    F.max_pool2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-}
-_PASS_METHODS = {"relu", "relu_", "tanh", "sigmoid", "contiguous"}
-
-
-def _is_flatten(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """``torch.flatten(x, 1)``, ``x.flatten(1)`` or ``nn.Flatten()`` (start_dim 1, to the end)."""
-    if node.op == "call_module":
-        m = modules[str(node.target)]
-        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if (node.op == "call_function" and node.target is torch.flatten) or (
-        node.op == "call_method" and node.target == "flatten"
-    ):
-        start: object = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end: object = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
-    return False
-
-
-def _describe(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return f"{type(modules[str(node.target)]).__name__} '{node.target}'"
-    if node.op == "output":
-        return "the model's output"
-    t = node.target
-    return getattr(t, "__name__", str(t)) if node.op == "call_function" else f".{t}()"
-
-
-def _follow(
-    start: torch.fx.Node, modules: dict[str, nn.Module], producer: nn.Module
-) -> tuple[list[Part], tuple[str, nn.Module] | None, str | None]:
-    """Walk forward from a producer's output to every layer that consumes its channels.
-    Returns (parts, last batchnorm, reason it cannot be followed or None)."""
-    parts: list[Part] = []
-    bn: tuple[str, nn.Module] | None = None
-    channels = _weight(producer).shape[0]
-    conv = isinstance(producer, (nn.Conv1d, nn.Conv2d))
-    stack: list[tuple[torch.fx.Node, bool]] = [(start, False)]  # (node, flattened)
-    seen: set[torch.fx.Node] = set()
-    while stack:
-        node, flat = stack.pop()
-        for user in node.users:
-            if user in seen:
-                continue
-            seen.add(user)
-            # the channel tensor must be the op's first argument and the only tensor in it
-            others = [a for a in [*user.args[1:], *user.kwargs.values()] if isinstance(a, torch.fx.Node)]
-            if user.op != "output" and (not user.args or user.args[0] is not node or others):
-                return parts, bn, _describe(user, modules)
-            if user.op == "call_module":
-                m = modules[str(user.target)]
-                tname = str(user.target)
-                if (
-                    isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
-                    and not flat
-                    and m.num_features == channels
-                ):
-                    parts.append(Part(tname, m, 0))
-                    bn = (tname, m)
-                    stack.append((user, flat))
-                elif isinstance(m, nn.PReLU) and m.num_parameters == channels and channels > 1 and not flat:
-                    parts.append(Part(tname, m, 0))  # one learned slope per channel goes with it
-                    stack.append((user, flat))
-                elif (
-                    isinstance(m, _PASS_MODULES)
-                    or (isinstance(m, nn.PReLU) and m.num_parameters == 1)  # one shared slope
-                    or (isinstance(m, _POOL_MODULES) and not flat)
-                ):
-                    stack.append((user, flat))
-                elif (
-                    isinstance(m, (nn.Conv1d, nn.Conv2d))
-                    and conv
-                    and not flat
-                    and m.groups == 1
-                    and m.in_channels == channels
-                ):
-                    parts.append(Part(tname, m, 1))
-                elif isinstance(m, nn.Linear) and (flat or not conv) and m.in_features % channels == 0:
-                    if not flat and m.in_features != channels:
-                        return parts, bn, _describe(user, modules)
-                    parts.append(Part(tname, m, 1))
-                elif conv and not flat and _is_flatten(user, modules):
-                    stack.append((user, True))
-                else:
-                    return parts, bn, _describe(user, modules)
-            elif user.op == "call_function" and (
-                user.target in _PASS_FUNCS or (user.target in _POOL_FUNCS and not flat)
-            ):
-                stack.append((user, flat))
-            elif user.op == "call_method" and user.target in _PASS_METHODS:
-                stack.append((user, flat))
-            elif conv and not flat and _is_flatten(user, modules):
-                stack.append((user, True))
-            else:
-                return parts, bn, _describe(user, modules)
-    return parts, bn, None
-
-
-def channel_groups(model: nn.Module, what: str = "prune-channels") -> tuple[list[Group], dict[str, str]]:
-    """Channel groups of a CNN (or MLP) found by tracing it with ``torch.fx``: each Conv /
-    Linear whose output reaches only BatchNorm, element-wise activations (PReLU's per-channel
-    slopes go with the channels), pooling, dropout, a flatten and then the next Conv /
-    Linear. Returns the groups and, for every other Conv / Linear, why it cannot be pruned
-    (e.g. it feeds the model's output or a residual addition)."""
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # any tracing failure means: a graph modelpress cannot follow
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ConfigError(
-            f"{what} traces the model with torch.fx to find which layers depend on each other and "
-            f"cannot trace {type(model).__name__} ({type(e).__name__}: {first}); it supports plain "
-            "CNNs and MLPs such as the LeNets (use prune-heads / prune-ffn for transformers)"
-        ) from None
-    modules = dict(model.named_modules())
-    groups: list[Group] = []
-    skipped: dict[str, str] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        name = str(node.target)
-        m = modules[name]
-        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            continue
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
-            skipped[name] = f"it is a grouped convolution (groups={m.groups})"
-            continue
-        parts, bn, reason = _follow(node, modules, m)
-        consumers = [p for p in parts if p.dim == 1]
-        if reason is not None or not consumers:
-            skipped[name] = f"its output reaches {reason or 'no layer'}"
-            continue
-        conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
-        probe_name, probe_mod = bn if bn is not None else (name, m)
-        groups.append(
-            Group(
-                name,
-                m.weight.shape[0],
-                [Part(name, m, 0), *parts],
-                (probe_name, probe_mod, "output", 1 if conv else -1),
-                unit="channel" if conv else "neuron",
-            )
-        )
-    return groups, skipped

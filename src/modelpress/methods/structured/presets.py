@@ -8,6 +8,7 @@ split (validation after it), which recovers most of what the pruning cost.
 from __future__ import annotations
 
 from ..base import MethodConfig, register_preset
+from .channels import PruneChannelsConfig
 from .ffn import PruneFFNConfig
 from .heads import PruneHeadsConfig
 
@@ -44,3 +45,13 @@ def _structured() -> list[MethodConfig]:
         PruneHeadsConfig(fraction=0.25, importance="taylor"),
         PruneFFNConfig(fraction=0.5, importance="taylor", epochs=1),
     ]
+
+
+@register_preset(
+    "prune-channels-50",
+    "structured: remove 50% of the channels of every channel group of a CNN (Taylor importance), "
+    "one epoch fine-tune",
+    FAMILY,
+)
+def _channels50() -> list[MethodConfig]:
+    return [PruneChannelsConfig(fraction=0.5, importance="taylor", epochs=1)]
