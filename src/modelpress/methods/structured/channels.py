@@ -57,6 +57,12 @@ def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = Non
             )
         if matches(name, include, exclude):
             log.info("prune-channels: '%s' is kept whole: %s", name, reason)
+    if not groups and skipped:
+        why = "; ".join(f"'{n}': {r}" for n, r in list(skipped.items())[:3])
+        raise ConfigError(
+            f"prune-channels cannot prune '{next(iter(skipped))}' or any other layer of "
+            f"{type(model).__name__}: every layer's channels are kept whole ({why})"
+        )
     return groups
 
 
