@@ -142,6 +142,10 @@ class FakeBinaryLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.linear.weight
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             x = binarize_activations(x, self.act == "scaled", self.binarizer.clip, self.centered)
