@@ -89,6 +89,8 @@ _WILDCARDS = set("*?[")
 class _BinaryFamily(MethodConfig):
     """Fields every binarization method shares (selection, training, distillation)."""
 
+    notes_float_layers = True
+
     embeddings: bool = False
     keep_head: bool = True
     keep_first: bool | None = None

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ...data.calibration import CalibrationData, calibration_batches
 from ...errors import ConfigError
 from ...formats.codebook import CODEBOOK_DTYPES, GRANULARITIES, Codebook
+from ...nn.rnn import rnn_matrices
 from ...primitives.kmeans import INITS, fit_kmeans, fit_kmeans_exact
 from ...training import grads_on
 from ..base import (
@@ -33,7 +34,7 @@ from ..base import (
     register_config,
     select,
 )
-from ..transform import Skip, transform_weights
+from ..transform import Skip, transform_rnn_weights, transform_weights
 
 __all__ = ["KMeansConfig", "cluster_weight"]
 
@@ -43,6 +44,8 @@ LAYER_TYPES = {
     "linear": (nn.Linear,),
     "embedding": (nn.Embedding,),
     "conv": (nn.Conv1d, nn.Conv2d),
+    # GRU / LSTM / RNN: each weight matrix clustered on its own, shared by every time step
+    "rnn": (nn.RNNBase,),
 }
 
 
@@ -68,6 +71,7 @@ class KMeansConfig(MethodConfig):
     """
 
     name = "kmeans"
+    notes_float_layers = True
     bits: int = param(4, between(1, 8))  # 2..256 clusters
     granularity: str = param("tensor", one_of(*GRANULARITIES))
     group_size: int | None = param(None, POSITIVE)
@@ -78,7 +82,9 @@ class KMeansConfig(MethodConfig):
     codebook_dtype: str = param("float32", one_of(*CODEBOOK_DTYPES))
     coding: str = param("packed", one_of("packed", "zstd", "auto"))
     sparsity: str = param("auto", one_of("auto", "keep", "ignore"))
-    layers: tuple[str, ...] = param(("linear", "embedding", "conv"), one_of(*LAYER_TYPES), elements=True)
+    layers: tuple[str, ...] = param(
+        ("linear", "embedding", "conv", "rnn"), one_of(*LAYER_TYPES), elements=True
+    )
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     max_iter: int = param(300, NON_NEGATIVE)
@@ -95,6 +101,9 @@ class KMeansConfig(MethodConfig):
                 )
         if self.codebook_dtype == "int8" and self.granularity == "group-scaled":
             raise self.error("group-scaled codebooks are scaled per group already; use float16/float32")
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, *(t for layer in self.layers for t in LAYER_TYPES[layer]))
 
 
 def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
@@ -202,11 +211,16 @@ def fisher_importance(
 @register(KMeansConfig)
 def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn.Module:
     types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
-    targets: list[tuple[str, Any]] = select(model, config, types)
+    selected: list[tuple[str, Any]] = select(model, config, types)
+    rnns = [(n, m) for n, m in selected if isinstance(m, nn.RNNBase)]
+    targets = [(n, m) for n, m in selected if not isinstance(m, nn.RNNBase)]
     k = 2**config.bits
     per_book = {n: _rows(m.weight, config).shape[1] for n, m in targets}
+    per_book.update(
+        {f"{n}.{w}": _rows(getattr(m, w), config).shape[1] for n, m in rnns for w in rnn_matrices(m)}
+    )
     fits = [(n, m) for n, m in targets if per_book[n] >= k]
-    if not fits:
+    if not fits and not any(v >= k for v in per_book.values()):
         raise ConfigError(
             f"kmeans: every matched layer has fewer weights per codebook than k = {k} clusters; "
             "use fewer bits or a coarser granularity"
@@ -215,6 +229,9 @@ def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn
     if config.importance == "fisher":
         data = ctx.require_data(config.name, "training data for importance='fisher'")
         params = {n: m.weight for n, m in fits}
+        params.update(
+            {f"{n}.{w}": getattr(m, w) for n, m in rnns for w in rnn_matrices(m) if per_book[f"{n}.{w}"] >= k}
+        )
         importance = fisher_importance(model, params, data, config.importance_batches, ctx.progress)
 
     def encode(name: str, mod: Any) -> Codebook | Skip:
@@ -225,6 +242,7 @@ def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn
     done = transform_weights(
         model, targets, encode, ctx=ctx, method=config.name, desc=f"kmeans {config.bits}-bit"
     )
+    transform_rnn_weights(model, rnns, encode, ctx=ctx, method=config.name)
     log.info(
         "kmeans: clustered %d layers to %d bits (%s)", len(done.replaced), config.bits, config.granularity
     )

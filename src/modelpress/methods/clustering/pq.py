@@ -37,6 +37,7 @@ class ProductQuantConfig(MethodConfig):
     ``bits / dim`` bits per weight."""
 
     name = "pq"
+    notes_float_layers = True
     bits: int = param(8, between(1, 8))
     dim: int = param(4, between(2, 8))  # sub-vector size
     layers: tuple[str, ...] = param(("linear", "embedding", "conv"), one_of(*LAYER_TYPES), elements=True)
@@ -44,6 +45,13 @@ class ProductQuantConfig(MethodConfig):
     exclude: tuple[str, ...] = ()
     max_iter: int = param(25, NON_NEGATIVE)
     seed: int = param(0, NON_NEGATIVE)
+
+    def validate(self) -> None:
+        if "rnn" in self.layers:
+            raise self.error("does not handle recurrent layers (rnn); use kmeans for them")
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, *(t for layer in self.layers for t in LAYER_TYPES[layer]))
 
 
 @register(ProductQuantConfig)

@@ -113,6 +113,7 @@ class PruneConfig(MethodConfig):
     """
 
     name = "prune"
+    notes_float_layers = True
     sparsity: float = param(0.5, _FRACTION)
     criterion: str = param("magnitude", one_of(*CRITERIA))
     scope: str = param("local", one_of("local", "global"))
