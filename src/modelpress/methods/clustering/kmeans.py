@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -119,14 +120,43 @@ def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
     return flat.reshape(-1, g)
 
 
+def padding_rows(mod: nn.Module) -> list[int]:
+    """The padding row of an ``nn.Embedding`` when it is all zero (as torch initialises it),
+    which a compressed embedding must keep exactly zero."""
+    idx = getattr(mod, "padding_idx", None)
+    if not isinstance(mod, nn.Embedding) or idx is None or bool(mod.weight[idx].any()):
+        return []
+    return [int(idx)]
+
+
+def _zero_centroid(
+    centroids: torch.Tensor, codes: torch.Tensor, shape: torch.Size, per_book: int, zero_rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes in weight order (``per_book`` weights per codebook row of ``centroids``): make
+    the given all-zero rows decode to exact zeros."""
+    centroids, codes = centroids.clone(), codes.clone()
+    cols = int(shape[1:].numel())
+    for r in zero_rows:
+        lo, hi = r * cols, (r + 1) * cols
+        for book in range(lo // per_book, (hi - 1) // per_book + 1):
+            j = int(centroids[book].abs().argmin())
+            centroids[book, j] = 0.0
+            a, b = max(lo, book * per_book), min(hi, (book + 1) * per_book)
+            codes[a:b] = j
+    return centroids, codes
+
+
 def cluster_weight(
     w: torch.Tensor,
     config: KMeansConfig,
     *,
     importance: torch.Tensor | None = None,
     name: str = "weight",
+    zero_rows: Sequence[int] = (),
 ) -> Codebook:
-    """Cluster one weight tensor into a ``Codebook`` format."""
+    """Cluster one weight tensor into a ``Codebook`` format. ``zero_rows``: all-zero rows
+    that must decode to exact zeros (an embedding's padding row): the centroid nearest 0 of
+    each codebook they use is set to 0 and their codes point at it."""
     w = w.detach().float()
     if not torch.isfinite(w).all():
         raise ConfigError(f"kmeans: {name} holds NaN or inf values")
@@ -165,6 +195,8 @@ def cluster_weight(
         )
         centroids, codes = res.centroids, res.codes
     codes = codes.reshape(-1)
+    if zero_rows and mask is None:  # with a mask, zeros are exact already
+        centroids, codes = _zero_centroid(centroids, codes, w.shape, rows.shape[1], zero_rows)
     if mask is not None:
         codes = codes[mask.reshape(-1)]
 
@@ -237,7 +269,9 @@ def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn
     def encode(name: str, mod: Any) -> Codebook | Skip:
         if per_book[name] < k:
             return Skip(f"{per_book[name]} weights per codebook < k = {k}")
-        return cluster_weight(mod.weight, config, importance=importance.get(name), name=name)
+        return cluster_weight(
+            mod.weight, config, importance=importance.get(name), name=name, zero_rows=padding_rows(mod)
+        )
 
     done = transform_weights(
         model, targets, encode, ctx=ctx, method=config.name, desc=f"kmeans {config.bits}-bit"

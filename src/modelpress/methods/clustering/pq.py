@@ -25,7 +25,7 @@ from ..base import (
     select,
 )
 from ..transform import Skip, transform_weights
-from .kmeans import LAYER_TYPES
+from .kmeans import LAYER_TYPES, padding_rows
 
 __all__ = ["ProductQuantConfig"]
 
@@ -75,6 +75,12 @@ def _pq(model: nn.Module, config: ProductQuantConfig, ctx: CompressContext) -> n
         c, codes, _ = fit_kmeans_vectors(
             w.reshape(-1, config.dim), k, max_iter=config.max_iter, seed=config.seed
         )
+        for r in padding_rows(mod):  # the padding row decodes to exact zeros
+            per_row = w[0].numel() // config.dim
+            j = int(c.norm(dim=1).argmin())
+            c, codes = c.clone(), codes.clone()
+            c[j] = 0.0
+            codes[r * per_row : (r + 1) * per_row] = j
         return ProductQuantized(
             w.shape, codes=codes.to(torch.uint8), codebook=c, bits=config.bits, dim=config.dim
         )
