@@ -1,7 +1,7 @@
 """Compression methods, one family per sub-package. Importing this package registers them
 (explicit imports, no package walking)."""
 
-from . import baseline, binary, clustering, distillation, lowrank, pruning, quantization, structured
+from . import baseline, binary, clustering, distillation, fold, lowrank, pruning, quantization, structured
 from .base import CONFIGS, HANDLERS, PRESETS, CompressContext, MethodConfig, register, register_config
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "binary",
     "clustering",
     "distillation",
+    "fold",
     "lowrank",
     "pruning",
     "quantization",

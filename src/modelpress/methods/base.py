@@ -200,6 +200,13 @@ class MethodConfig:
     """
 
     name: ClassVar[str] = ""
+    # weight methods: after the handler, one note lists the layers holding weight matrices
+    # of kinds the method does not handle (``handled_layers``), left in float
+    notes_float_layers: ClassVar[bool] = False
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        """The layer kinds this method compresses (or deliberately keeps, e.g. dense pruning)."""
+        return (nn.Linear, nn.Embedding)
 
     def __post_init__(self) -> None:
         cls: type = type(self)  # plain ``type``: mypy sees ``type[MethodConfig]`` as unhashable
@@ -336,7 +343,19 @@ def register(config_cls: type[MethodConfig]) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
         if config_cls in HANDLERS:
             raise ValueError(f"a handler for {config_cls.__name__} is registered twice")
-        HANDLERS[config_cls] = fn
+        if not config_cls.notes_float_layers:
+            HANDLERS[config_cls] = fn
+            return fn
+
+        @functools.wraps(fn)
+        def run(model: nn.Module, config: Any, ctx: CompressContext) -> nn.Module:
+            from .transform import note_float_layers  # transform imports this module
+
+            out = fn(model, config, ctx)
+            note_float_layers(out, ctx, config.name, config.handled_layers())
+            return out
+
+        HANDLERS[config_cls] = run
         return fn
 
     return deco

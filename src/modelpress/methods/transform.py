@@ -21,14 +21,25 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..formats.base import CompressedTensor
+from ..nn.base import CompressedModule
 from ..nn.decoded import wrap_decoded
-from .base import CompressContext, replace_module
+from ..nn.rnn import DecodedRNN, rnn_matrices
+from .base import CompressContext, replace_module, select_modules
 
-__all__ = ["Skip", "TransformResult", "transform_weights"]
+__all__ = [
+    "MatrixView",
+    "Skip",
+    "TransformResult",
+    "note_float_layers",
+    "rnn_targets",
+    "transform_rnn_weights",
+    "transform_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +111,89 @@ def transform_weights(
         replace_module(model, name, wrap(mod, fmt))
         result.formats[name] = fmt
     return result
+
+
+class MatrixView(nn.Module):
+    """One weight matrix of a recurrent layer seen as a layer with a ``weight``, so that an
+    ``encode(name, module)`` written for Linears encodes it unchanged."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+
+def rnn_targets(model: nn.Module, config: object) -> list[tuple[str, nn.RNNBase]]:
+    """The GRU / LSTM / RNN layers ``config``'s include / exclude select (possibly none)."""
+    include = getattr(config, "include", ("*",))
+    exclude = getattr(config, "exclude", ())
+    return select_modules(model, (nn.RNNBase,), include, exclude)  # type: ignore[return-value]
+
+
+def transform_rnn_weights(
+    model: nn.Module,
+    targets: Sequence[tuple[str, nn.RNNBase]],
+    encode: Encode,
+    *,
+    ctx: CompressContext | None = None,
+    method: str = "",
+) -> TransformResult:
+    """Encode every weight matrix (``weight_ih_l{k}``, ``weight_hh_l{k}``, projections) of
+    each recurrent layer of ``targets`` with ``encode(f"{name}.{matrix}", MatrixView(w))``
+    and put a ``DecodedRNN`` in its place. A matrix is stored once and serves every time
+    step (weights shared across time); skipped matrices stay float, noted with the reason;
+    biases stay float. Result keys are ``name.matrix``."""
+    result = TransformResult()
+    for name, rnn in targets:
+        formats: dict[str, CompressedTensor] = {}
+        for matrix in rnn_matrices(rnn):
+            full = f"{name}.{matrix}"
+            got = encode(full, MatrixView(getattr(rnn, matrix)))
+            if got is None or isinstance(got, Skip):
+                reason = got.reason if isinstance(got, Skip) else "not encoded"
+                result.skipped[full] = reason
+                _note(ctx, f"{method}: {full} left uncompressed: {reason}" if method else f"{full}: {reason}")
+                continue
+            formats[matrix] = got
+            result.formats[full] = got
+        if formats:
+            replace_module(model, name, DecodedRNN.wrap(rnn, formats))
+    return result
+
+
+def _note(ctx: CompressContext | None, message: str) -> None:
+    if ctx is not None:
+        ctx.note(message, logger=log)
+    else:
+        log.warning("%s", message)
+
+
+def note_float_layers(
+    model: nn.Module,
+    ctx: CompressContext | None,
+    method: str,
+    handled: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding),
+) -> list[str]:
+    """Say, in one note, which layers holding weight matrices (2-D or more: convolutions,
+    transposed convolutions, recurrent layers, anything but Linear / Embedding) ``method``
+    left in float because it does not compress that kind of layer (``handled``: the kinds
+    it does, compressed or not), so that a layer is never left uncompressed in silence.
+    Vectors (biases, norms, PReLU slopes, BatchNorm) stay float in every method and are not
+    listed. Returns the names."""
+    by_kind: dict[str, list[str]] = {}
+    inside: set[str] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, (CompressedModule, CompressedTensor)):
+            inside.add(name + ".")
+            continue
+        if not name or any(name.startswith(p) for p in inside) or isinstance(mod, handled):
+            continue
+        if any(p.dim() >= 2 and p.is_floating_point() for p in mod.parameters(recurse=False)):
+            by_kind.setdefault(type(mod).__name__, []).append(name)
+    if not by_kind:
+        return []
+    parts = []
+    for kind, names in sorted(by_kind.items()):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"{kind} {shown}")
+    _note(ctx, f"{method}: left in float (it does not compress these layer kinds): {'; '.join(parts)}")
+    return [n for names in by_kind.values() for n in names]

@@ -3,6 +3,7 @@
 from .base import MODULES, CompressedModule, register_module
 from .decoded import DecodedConv, DecodedEmbedding, DecodedLinear
 from .int8 import Int8DynamicLinear, Int8Embedding, Int8SmoothLinear, Int8StaticLinear
+from .rnn import DecodedRNN
 
 __all__ = [
     "MODULES",
@@ -10,6 +11,7 @@ __all__ = [
     "DecodedConv",
     "DecodedEmbedding",
     "DecodedLinear",
+    "DecodedRNN",
     "Int8DynamicLinear",
     "Int8Embedding",
     "Int8SmoothLinear",

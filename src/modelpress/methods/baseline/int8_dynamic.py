@@ -17,7 +17,7 @@ from torch import nn
 from ...formats.affine import AffineQuantized
 from ...nn.int8 import Int8DynamicLinear, Int8Embedding
 from ..base import CompressContext, MethodConfig, register, register_config, register_preset, select
-from ..transform import transform_weights
+from ..transform import rnn_targets, transform_rnn_weights, transform_weights
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,13 @@ class Int8DynamicConfig(MethodConfig):
     """
 
     name = "int8-dynamic"
+    notes_float_layers = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     embeddings: bool = True
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, nn.RNNBase)
 
 
 def _encode(_name: str, mod: Any) -> AffineQuantized:
@@ -58,6 +62,9 @@ def _int8_dynamic(model: nn.Module, config: Int8DynamicConfig, ctx: CompressCont
         ctx=ctx,
         method=config.name,
     )
+    # GRU / LSTM: per-channel int8 weight matrices, decoded once per call (weight-only: the
+    # recurrent step has no int8 kernel here), shared by every time step
+    transform_rnn_weights(model, rnn_targets(model, config), _encode, ctx=ctx, method=config.name)
     log.info("int8-dynamic: %d Linear / Embedding layers quantized", len(done.replaced))
     return model
 

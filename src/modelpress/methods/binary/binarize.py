@@ -89,6 +89,8 @@ _WILDCARDS = set("*?[")
 class _BinaryFamily(MethodConfig):
     """Fields every binarization method shares (selection, training, distillation)."""
 
+    notes_float_layers = True
+
     embeddings: bool = False
     keep_head: bool = True
     keep_first: bool | None = None
@@ -330,6 +332,12 @@ def _train(
     if teacher is not None:
         from ..distillation.distill import DistillConfig, distill
 
+        first = next(iter(data.batches("train", batch_size, shuffle_seed=config.seed)), None)
+        if not isinstance(first, dict):
+            raise ConfigError(
+                f"{config.name}: distill: true takes batches that are dicts of model inputs (a task "
+                f"adapter's), got a {type(first).__name__}; use distill: false to train on the task loss"
+            )
         hidden = config.kd_hidden
         if hidden and not hasattr(getattr(model, "config", None), "to_dict"):
             log.warning(

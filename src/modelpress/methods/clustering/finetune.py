@@ -46,6 +46,8 @@ def finetune_codebooks(model: nn.Module, config: CentroidFineTuneConfig, ctx: Co
     for b in books:
         originals.append((b, b.codebook.dtype))
         cb = b.float_codebook().detach().clone().requires_grad_(True)
+        # exact-zero centroids (an embedding's padding row, see kmeans.padding_rows) stay zero
+        cb.register_hook(lambda g, keep=(cb != 0): g * keep.to(g.dtype))
         b._buffers["codebook"] = cb
         if b.scale is not None and b.granularity != "group-scaled":
             b._buffers["scale"] = None  # folded into the float codebook while training

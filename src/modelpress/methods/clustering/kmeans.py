@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from ...data.calibration import CalibrationData, calibration_batches
 from ...errors import ConfigError
 from ...formats.codebook import CODEBOOK_DTYPES, GRANULARITIES, Codebook
+from ...nn.rnn import rnn_matrices
 from ...primitives.kmeans import INITS, fit_kmeans, fit_kmeans_exact
 from ...training import grads_on
 from ..base import (
@@ -33,7 +35,7 @@ from ..base import (
     register_config,
     select,
 )
-from ..transform import Skip, transform_weights
+from ..transform import Skip, transform_rnn_weights, transform_weights
 
 __all__ = ["KMeansConfig", "cluster_weight"]
 
@@ -43,6 +45,8 @@ LAYER_TYPES = {
     "linear": (nn.Linear,),
     "embedding": (nn.Embedding,),
     "conv": (nn.Conv1d, nn.Conv2d),
+    # GRU / LSTM / RNN: each weight matrix clustered on its own, shared by every time step
+    "rnn": (nn.RNNBase,),
 }
 
 
@@ -68,6 +72,7 @@ class KMeansConfig(MethodConfig):
     """
 
     name = "kmeans"
+    notes_float_layers = True
     bits: int = param(4, between(1, 8))  # 2..256 clusters
     granularity: str = param("tensor", one_of(*GRANULARITIES))
     group_size: int | None = param(None, POSITIVE)
@@ -78,7 +83,9 @@ class KMeansConfig(MethodConfig):
     codebook_dtype: str = param("float32", one_of(*CODEBOOK_DTYPES))
     coding: str = param("packed", one_of("packed", "zstd", "auto"))
     sparsity: str = param("auto", one_of("auto", "keep", "ignore"))
-    layers: tuple[str, ...] = param(("linear", "embedding", "conv"), one_of(*LAYER_TYPES), elements=True)
+    layers: tuple[str, ...] = param(
+        ("linear", "embedding", "conv", "rnn"), one_of(*LAYER_TYPES), elements=True
+    )
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     max_iter: int = param(300, NON_NEGATIVE)
@@ -96,6 +103,9 @@ class KMeansConfig(MethodConfig):
         if self.codebook_dtype == "int8" and self.granularity == "group-scaled":
             raise self.error("group-scaled codebooks are scaled per group already; use float16/float32")
 
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, *(t for layer in self.layers for t in LAYER_TYPES[layer]))
+
 
 def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
     """The batch of rows k-means runs on, one per codebook."""
@@ -110,14 +120,43 @@ def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
     return flat.reshape(-1, g)
 
 
+def padding_rows(mod: nn.Module) -> list[int]:
+    """The padding row of an ``nn.Embedding`` when it is all zero (as torch initialises it),
+    which a compressed embedding must keep exactly zero."""
+    idx = getattr(mod, "padding_idx", None)
+    if not isinstance(mod, nn.Embedding) or idx is None or bool(mod.weight[idx].any()):
+        return []
+    return [int(idx)]
+
+
+def _zero_centroid(
+    centroids: torch.Tensor, codes: torch.Tensor, shape: torch.Size, per_book: int, zero_rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes in weight order (``per_book`` weights per codebook row of ``centroids``): make
+    the given all-zero rows decode to exact zeros."""
+    centroids, codes = centroids.clone(), codes.clone()
+    cols = int(shape[1:].numel())
+    for r in zero_rows:
+        lo, hi = r * cols, (r + 1) * cols
+        for book in range(lo // per_book, (hi - 1) // per_book + 1):
+            j = int(centroids[book].abs().argmin())
+            centroids[book, j] = 0.0
+            a, b = max(lo, book * per_book), min(hi, (book + 1) * per_book)
+            codes[a:b] = j
+    return centroids, codes
+
+
 def cluster_weight(
     w: torch.Tensor,
     config: KMeansConfig,
     *,
     importance: torch.Tensor | None = None,
     name: str = "weight",
+    zero_rows: Sequence[int] = (),
 ) -> Codebook:
-    """Cluster one weight tensor into a ``Codebook`` format."""
+    """Cluster one weight tensor into a ``Codebook`` format. ``zero_rows``: all-zero rows
+    that must decode to exact zeros (an embedding's padding row): the centroid nearest 0 of
+    each codebook they use is set to 0 and their codes point at it."""
     w = w.detach().float()
     if not torch.isfinite(w).all():
         raise ConfigError(f"kmeans: {name} holds NaN or inf values")
@@ -156,6 +195,8 @@ def cluster_weight(
         )
         centroids, codes = res.centroids, res.codes
     codes = codes.reshape(-1)
+    if zero_rows and mask is None:  # with a mask, zeros are exact already
+        centroids, codes = _zero_centroid(centroids, codes, w.shape, rows.shape[1], zero_rows)
     if mask is not None:
         codes = codes[mask.reshape(-1)]
 
@@ -202,11 +243,16 @@ def fisher_importance(
 @register(KMeansConfig)
 def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn.Module:
     types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
-    targets: list[tuple[str, Any]] = select(model, config, types)
+    selected: list[tuple[str, Any]] = select(model, config, types)
+    rnns = [(n, m) for n, m in selected if isinstance(m, nn.RNNBase)]
+    targets = [(n, m) for n, m in selected if not isinstance(m, nn.RNNBase)]
     k = 2**config.bits
     per_book = {n: _rows(m.weight, config).shape[1] for n, m in targets}
+    per_book.update(
+        {f"{n}.{w}": _rows(getattr(m, w), config).shape[1] for n, m in rnns for w in rnn_matrices(m)}
+    )
     fits = [(n, m) for n, m in targets if per_book[n] >= k]
-    if not fits:
+    if not fits and not any(v >= k for v in per_book.values()):
         raise ConfigError(
             f"kmeans: every matched layer has fewer weights per codebook than k = {k} clusters; "
             "use fewer bits or a coarser granularity"
@@ -215,16 +261,22 @@ def _cluster(model: nn.Module, config: KMeansConfig, ctx: CompressContext) -> nn
     if config.importance == "fisher":
         data = ctx.require_data(config.name, "training data for importance='fisher'")
         params = {n: m.weight for n, m in fits}
+        params.update(
+            {f"{n}.{w}": getattr(m, w) for n, m in rnns for w in rnn_matrices(m) if per_book[f"{n}.{w}"] >= k}
+        )
         importance = fisher_importance(model, params, data, config.importance_batches, ctx.progress)
 
     def encode(name: str, mod: Any) -> Codebook | Skip:
         if per_book[name] < k:
             return Skip(f"{per_book[name]} weights per codebook < k = {k}")
-        return cluster_weight(mod.weight, config, importance=importance.get(name), name=name)
+        return cluster_weight(
+            mod.weight, config, importance=importance.get(name), name=name, zero_rows=padding_rows(mod)
+        )
 
     done = transform_weights(
         model, targets, encode, ctx=ctx, method=config.name, desc=f"kmeans {config.bits}-bit"
     )
+    transform_rnn_weights(model, rnns, encode, ctx=ctx, method=config.name)
     log.info(
         "kmeans: clustered %d layers to %d bits (%s)", len(done.replaced), config.bits, config.granularity
     )

@@ -25,7 +25,7 @@ from ..base import (
     select,
 )
 from ..transform import Skip, transform_weights
-from .kmeans import LAYER_TYPES
+from .kmeans import LAYER_TYPES, padding_rows
 
 __all__ = ["ProductQuantConfig"]
 
@@ -37,6 +37,7 @@ class ProductQuantConfig(MethodConfig):
     ``bits / dim`` bits per weight."""
 
     name = "pq"
+    notes_float_layers = True
     bits: int = param(8, between(1, 8))
     dim: int = param(4, between(2, 8))  # sub-vector size
     layers: tuple[str, ...] = param(("linear", "embedding", "conv"), one_of(*LAYER_TYPES), elements=True)
@@ -44,6 +45,13 @@ class ProductQuantConfig(MethodConfig):
     exclude: tuple[str, ...] = ()
     max_iter: int = param(25, NON_NEGATIVE)
     seed: int = param(0, NON_NEGATIVE)
+
+    def validate(self) -> None:
+        if "rnn" in self.layers:
+            raise self.error("does not handle recurrent layers (rnn); use kmeans for them")
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, *(t for layer in self.layers for t in LAYER_TYPES[layer]))
 
 
 @register(ProductQuantConfig)
@@ -67,6 +75,12 @@ def _pq(model: nn.Module, config: ProductQuantConfig, ctx: CompressContext) -> n
         c, codes, _ = fit_kmeans_vectors(
             w.reshape(-1, config.dim), k, max_iter=config.max_iter, seed=config.seed
         )
+        for r in padding_rows(mod):  # the padding row decodes to exact zeros
+            per_row = w[0].numel() // config.dim
+            j = int(c.norm(dim=1).argmin())
+            c, codes = c.clone(), codes.clone()
+            c[j] = 0.0
+            codes[r * per_row : (r + 1) * per_row] = j
         return ProductQuantized(
             w.shape, codes=codes.to(torch.uint8), codebook=c, bits=config.bits, dim=config.dim
         )

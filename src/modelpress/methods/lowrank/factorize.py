@@ -80,6 +80,7 @@ class LowRankConfig(MethodConfig):
     """
 
     name = "lowrank"
+    notes_float_layers = True
     variant: str = param("svd", one_of(*VARIANTS))
     reduction: float | None = param(None, between(0, 1, lo_open=True, hi_open=True))
     energy: float | None = param(None, between(0, 1, lo_open=True))

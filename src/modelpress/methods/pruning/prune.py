@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 
 from ...data.calibration import CalibrationData, calibration_batches, input_hooks, run_forward
 from ...errors import ConfigError
+from ...formats.sparse import SparseTensor
 from ...models.blocks import weight_owners
+from ...nn.rnn import DecodedRNN, rnn_matrices
 from ...primitives.sparsity import (
     ActivationNorms,
     check_sparsity,
@@ -49,11 +51,22 @@ from ..base import (
     param,
     register,
     register_config,
+    replace_module,
     select,
 )
+from ..transform import MatrixView
 from .storage import INDEX_CHOICES, LAYER_TYPES, to_sparse
 
-__all__ = ["CRITERIA", "LAYER_TYPES", "PruneConfig", "compute_masks", "prune_targets"]
+__all__ = ["CRITERIA", "LAYER_TYPES", "PRUNE_LAYERS", "PruneConfig", "compute_masks", "prune_targets"]
+
+# the layer kinds prune selects: those of sparse storage, and recurrent layers: ``rnn``
+# prunes every weight matrix of a GRU / LSTM / RNN, ``recurrent`` only its recurrent
+# connections (the ``weight_hh`` matrices, shared by every time step)
+PRUNE_LAYERS: dict[str, tuple[type[nn.Module], ...]] = {
+    **LAYER_TYPES,
+    "rnn": (nn.RNNBase,),
+    "recurrent": (nn.RNNBase,),
+}
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +116,8 @@ class PruneConfig(MethodConfig):
     scope: ``local`` (exact count per layer) or ``global`` (one threshold for all layers;
     magnitude / taylor). pattern: ``"2:4"``, ``"4:8"`` ... N kept in every M consecutive
     inputs (then ``sparsity`` must be 1 - N/M).
-    layers: from linear, conv, embedding; by default Linear layers except the output layer
+    layers: from linear, conv, embedding, rnn (every matrix of a GRU / LSTM), recurrent (their
+    ``weight_hh`` recurrent connections only); by default Linear layers except the output layer
     (``head=True`` prunes it too). include / exclude: module-name patterns.
     epochs > 0 fine-tunes on ``data`` with the masks fixed (lr, max_steps, batch_size);
     schedule ``cubic`` prunes gradually during that fine-tune, from ``initial_sparsity`` in
@@ -113,12 +127,13 @@ class PruneConfig(MethodConfig):
     """
 
     name = "prune"
+    notes_float_layers = True
     sparsity: float = param(0.5, _FRACTION)
     criterion: str = param("magnitude", one_of(*CRITERIA))
     scope: str = param("local", one_of("local", "global"))
     pattern: str | None = None
     layer_sparsity: tuple[str, ...] = ()
-    layers: tuple[str, ...] = param(("linear",), one_of(*LAYER_TYPES), elements=True)
+    layers: tuple[str, ...] = param(("linear",), one_of(*PRUNE_LAYERS), elements=True)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     head: bool = False
@@ -147,7 +162,7 @@ class PruneConfig(MethodConfig):
         if _parse_layer_sparsity(self.layer_sparsity) and self.scope == "global":
             raise self.error("layer_sparsity needs scope='local' (global uses one threshold)")
         if not self.layers:
-            raise self.error(f"layers must list some of {', '.join(LAYER_TYPES)}")
+            raise self.error(f"layers must list some of {', '.join(PRUNE_LAYERS)}")
         if self.criterion == "wanda" and set(self.layers) != {"linear"}:
             raise self.error("wanda scores Linear layers only (layers=['linear'])")
         if self.criterion == "wanda" and self.scope == "global":
@@ -159,6 +174,9 @@ class PruneConfig(MethodConfig):
                 raise self.error("the cubic schedule prunes by magnitude, without an N:M pattern")
             if self.initial_sparsity > self.sparsity:
                 raise self.error("initial_sparsity must not exceed sparsity")
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, *(t for layer in self.layers for t in PRUNE_LAYERS[layer]))
 
 
 # -- selection ------------------------------------------------------------------------------
@@ -181,8 +199,16 @@ def prune_targets(model: nn.Module, config: PruneConfig) -> Targets:
     """The selected layers, ``name -> module``, one entry per distinct weight; refuses a
     weight shared with a layer that is not selected (pruning it would prune both)."""
     heads = head_names(model)
-    types = tuple(t for layer in config.layers for t in LAYER_TYPES[layer])
+    types = tuple(t for layer in config.layers for t in PRUNE_LAYERS[layer])
     selected = {n: m for n, m in select(model, config, types) if config.head or n not in heads}
+    # a recurrent layer's matrices are targets of their own, ``name.weight_hh_l0`` ...,
+    # seen through a view whose ``weight`` is the layer's very parameter
+    only_hh = "recurrent" in config.layers and "rnn" not in config.layers
+    for n, rnn in [(n, m) for n, m in selected.items() if isinstance(m, nn.RNNBase)]:
+        del selected[n]
+        for w in rnn_matrices(rnn):
+            if not only_hh or w.startswith("weight_hh"):
+                selected[f"{n}.{w}"] = MatrixView(getattr(rnn, w))
     if not selected:
         raise ConfigError("prune: no layer matched layers/include/exclude (the output layer needs head=True)")
     owners = weight_owners(model)
@@ -390,5 +416,29 @@ def _prune(model: nn.Module, config: PruneConfig, ctx: CompressContext) -> nn.Mo
         "prune: %d layers, %.1f%% of their weights removed", len(targets), 100 * (1 - kept / max(1, total))
     )
     if config.storage == "sparse":
-        to_sparse(model, {n: (m, masks[n]) for n, m in targets.items()}, index=config.index, ctx=ctx)
+        views = {n: m for n, m in targets.items() if isinstance(m, MatrixView)}
+        to_sparse(
+            model,
+            {n: (m, masks[n]) for n, m in targets.items() if n not in views},
+            index=config.index,
+            ctx=ctx,
+        )
+        _sparse_rnns(model, views, masks, config.index)
     return model
+
+
+def _sparse_rnns(
+    model: nn.Module, views: dict[str, MatrixView], masks: dict[str, torch.Tensor], index: str
+) -> None:
+    """Put a ``DecodedRNN`` holding the pruned matrices in the ``sparse`` format (the others
+    and the biases float) where each pruned recurrent layer is."""
+    by_layer: dict[str, dict[str, SparseTensor]] = {}
+    for full, view in views.items():
+        layer, _, matrix = full.rpartition(".")
+        by_layer.setdefault(layer, {})[matrix] = SparseTensor.encode(
+            view.weight.detach(), masks[full], index=index
+        )
+    for layer, formats in by_layer.items():
+        rnn = model.get_submodule(layer)
+        assert isinstance(rnn, nn.RNNBase)
+        replace_module(model, layer, DecodedRNN.wrap(rnn, dict(formats)))

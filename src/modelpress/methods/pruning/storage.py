@@ -71,6 +71,7 @@ class SparseStorageConfig(MethodConfig):
     dense weight in the ``sparse`` format (``index``: auto | bitmask | relative4 | relative8)."""
 
     name = "sparse-storage"
+    notes_float_layers = True
     index: str = param("auto", one_of(*INDEX_CHOICES))
     layers: tuple[str, ...] = param(("linear", "conv", "embedding"), one_of(*LAYER_TYPES), elements=True)
     include: tuple[str, ...] = ("*",)

@@ -96,6 +96,7 @@ class MixedPrecisionConfig(MethodConfig):
     """
 
     name = "mixed-precision"
+    notes_float_layers = True
     candidate_bits: tuple[int, ...] = param((2, 3, 4, 8), between(2, 8), elements=True)
     avg_bits: float | None = param(4.0, Check(lambda v: 0 < v < math.inf, "a positive finite {noun}"))
     max_loss_increase: float | None = param(None, NON_NEGATIVE)

@@ -33,7 +33,7 @@ from ..base import (
     register_config,
     register_preset,
 )
-from ..transform import transform_weights
+from ..transform import rnn_targets, transform_rnn_weights, transform_weights
 from .calibration import group_for, quant_targets
 
 __all__ = ["NonUniformConfig", "nearest_level", "nf4_levels", "quantile_levels"]
@@ -81,6 +81,7 @@ class NonUniformConfig(MethodConfig):
     codebooks (``kind: quantile``, ``bits`` 1..8)."""
 
     name = "nonuniform"
+    notes_float_layers = True
     kind: str = param("nf4", one_of(*KINDS))
     bits: int = param(4, between(1, 8))
     group_size: int = param(64, POSITIVE)
@@ -93,6 +94,9 @@ class NonUniformConfig(MethodConfig):
     def validate(self) -> None:
         if self.kind == "nf4" and self.bits != 4:
             raise self.error(f"nf4 has 4 bits, got bits={self.bits!r}")
+
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, nn.RNNBase)
 
 
 def encode_nf4(w: torch.Tensor, group_size: int, dtype: str = "float16") -> Codebook:
@@ -142,6 +146,7 @@ def _nonuniform(model: nn.Module, config: NonUniformConfig, ctx: CompressContext
         return encode_quantile(w, config.bits, config.codebook_dtype)
 
     transform_weights(model, targets, encode, ctx=ctx, method=config.name, desc=config.kind)
+    transform_rnn_weights(model, rnn_targets(model, config), encode, ctx=ctx, method=config.name)
     return model
 
 

@@ -54,6 +54,7 @@ class QATConfig(MethodConfig):
     """
 
     name = "qat"
+    notes_float_layers = True
     bits: int = param(4, between(2, 8))
     group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False

@@ -83,6 +83,7 @@ class SmoothQuantConfig(MethodConfig):
     """
 
     name = "smoothquant"
+    notes_float_layers = True
     alpha: float = param(0.5, between(0.0, 1.0))
     fold_norms: bool = True
     n_samples: int = param(128, POSITIVE)

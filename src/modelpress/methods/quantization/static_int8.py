@@ -70,6 +70,7 @@ class StaticInt8Config(MethodConfig):
     """
 
     name = "static-int8"
+    notes_float_layers = True
     observer: str = param("mse", one_of(*OBSERVERS))
     percentile: float = param(99.99, between(50.0, 100.0, lo_open=True))
     act_symmetric: bool = False

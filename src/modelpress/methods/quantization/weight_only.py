@@ -22,7 +22,7 @@ from ..base import (
     register_config,
     register_preset,
 )
-from ..transform import transform_weights
+from ..transform import rnn_targets, transform_rnn_weights, transform_weights
 from .calibration import quant_targets, rtn_encode
 
 __all__ = ["WeightOnlyConfig"]
@@ -34,6 +34,7 @@ class WeightOnlyConfig(MethodConfig):
     """Round-to-nearest weight-only quantization of Linear (and Embedding) weights."""
 
     name = "weight-only"
+    notes_float_layers = True
     bits: int = param(4, between(2, 8))
     group_size: int | None = param(128, POSITIVE)
     strict_groups: bool = False
@@ -42,6 +43,9 @@ class WeightOnlyConfig(MethodConfig):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
+    def handled_layers(self) -> tuple[type[nn.Module], ...]:
+        return (nn.Linear, nn.Embedding, nn.RNNBase)
+
 
 @register(WeightOnlyConfig)
 def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContext) -> nn.Module:
@@ -49,6 +53,8 @@ def _weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: CompressContex
     transform_weights(
         model, targets, rtn_encode(config), ctx=ctx, method=config.name, desc=f"int{config.bits} RTN"
     )
+    # GRU / LSTM matrices, one copy shared by every time step
+    transform_rnn_weights(model, rnn_targets(model, config), rtn_encode(config), ctx=ctx, method=config.name)
     return model
 
 
