@@ -468,7 +468,7 @@ def test_manifest_json_is_read_strictly(tmp_path, text, message):
         (lambda m: m["base"].update({"class": "os.system"}), "unknown model architecture|unknown"),
         (
             lambda m: m["base"].update(library="pickle"),
-            "'base.library' should be 'transformers' or 'modelpress'",
+            "'base.library' should be 'transformers', 'modelpress' or 'user'",
         ),
         (lambda m: m["base"]["args"].update(hidden=[16]), "do not build"),
         (lambda m: m["base"]["args"].update(hidden="ab"), "do not build|does not fit"),

@@ -158,6 +158,12 @@ _set("tied-weights", _all("prune-50", "deep-compression", "deep-compression-fc")
 EXPECTED["tied-weights"].update({"prune-2:4": "float"})
 # distillation from the teacher takes dict batches (a task adapter's); these are tuples
 _set(set(PROBES), _all("ternary-b158-kd"), "refused")
+# channel pruning changes shapes, not formats: the layer under test stays a float module
+# (its channels pruned where its group allows, kept whole with a note otherwise); a model
+# whose every layer is kept whole (the channels reach a norm, the RNN or the output only) or
+# whose pruned layer shares a tied weight is refused
+_set(set(PROBES), _all("prune-channels-50"), "float")
+_set({"prelu", "layernorm", "rmsnorm", "gru", "lstm", "tied-weights"}, _all("prune-channels-50"), "refused")
 
 
 def expected(kind: str, method: str) -> str:

@@ -41,10 +41,12 @@ class PruneChannelsConfig(StructuredConfig):
     name = "prune-channels"
 
 
-def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = None) -> list[ChannelGroup]:
+def prunable_channels(
+    model: nn.Module, config: PruneChannelsConfig | None = None, kept: dict[str, str] | None = None
+) -> list[ChannelGroup]:
     """The channel groups of ``model`` (all of them when ``config`` is None). Layers kept
-    whole are logged with the reason; one that ``include`` names explicitly (not ``*``) is
-    a ``ConfigError`` with that reason."""
+    whole are logged with the reason (and put in ``kept``); one that ``include`` names
+    explicitly (not ``*``) is a ``ConfigError`` with that reason."""
     groups, skipped = channel_graph(model)
     include, exclude = (config.include, config.exclude) if config else (("*",), ())
     explicit = tuple(p for p in include if p != "*")
@@ -57,6 +59,8 @@ def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = Non
             )
         if matches(name, include, exclude):
             log.info("prune-channels: '%s' is kept whole: %s", name, reason)
+            if kept is not None:
+                kept[name] = reason
     if not groups and skipped:
         why = "; ".join(f"'{n}': {r}" for n, r in list(skipped.items())[:3])
         raise ConfigError(
@@ -68,4 +72,14 @@ def prunable_channels(model: nn.Module, config: PruneChannelsConfig | None = Non
 
 @register(PruneChannelsConfig)
 def _prune_channels(model: nn.Module, config: PruneChannelsConfig, ctx: CompressContext) -> nn.Module:
-    return run_pruning(model, config, ctx, lambda m: prunable_channels(m, config), prune_channel_groups)
+    kept: dict[str, str] = {}
+    model = run_pruning(
+        model, config, ctx, lambda m: prunable_channels(m, config, kept), prune_channel_groups
+    )
+    # the output layer always keeps its outputs: name only the others
+    inner = {n: r for n, r in kept.items() if "model's output" not in r}
+    if inner:
+        shown = "; ".join(f"'{n}' ({r})" for n, r in list(inner.items())[:4])
+        more = f" and {len(inner) - 4} more" if len(inner) > 4 else ""
+        ctx.note(f"prune-channels: {len(inner)} layer(s) kept whole: {shown}{more}")
+    return model
