@@ -24,6 +24,17 @@ from ..errors import ArtifactError, ConfigError
 __all__ = ["CausalLMRuntime", "ClassifierRuntime", "GenRequest", "StepOutput", "open_runtime"]
 
 
+
+def _tokenizer_dir(path: Path) -> Path:
+    """The artifact's saved tokenizer, or one ``ArtifactError``: serving text needs it."""
+    tok_dir = path / "tokenizer"
+    if not tok_dir.is_dir():
+        raise ArtifactError(
+            f"{path} has no tokenizer/ directory: serving text needs the tokenizer saved "
+            "with the model (modelpress compress writes it)"
+        )
+    return tok_dir
+
 class ClassifierRuntime:
     """Text classification on a saved artifact or ONNX export."""
 
@@ -40,13 +51,7 @@ class ClassifierRuntime:
         self.path = Path(path)
         if threads:
             torch.set_num_threads(int(threads))
-        tok_dir = self.path / "tokenizer"
-        if not tok_dir.is_dir():
-            raise ArtifactError(
-                f"{self.path} has no tokenizer/ directory: serving text needs the tokenizer saved "
-                "with the model "
-                "(modelpress compress writes it)"
-            )
+        tok_dir = _tokenizer_dir(self.path)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -203,12 +208,7 @@ class CausalLMRuntime:
         self.path = Path(path)
         if threads:
             torch.set_num_threads(int(threads))
-        tok_dir = self.path / "tokenizer"
-        if not tok_dir.is_dir():
-            raise ArtifactError(
-                f"{self.path} has no tokenizer/ directory: serving text needs the tokenizer saved "
-                "with the model (modelpress compress writes it)"
-            )
+        tok_dir = _tokenizer_dir(self.path)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
