@@ -24,7 +24,6 @@ from ..errors import ArtifactError, ConfigError
 __all__ = ["CausalLMRuntime", "ClassifierRuntime", "GenRequest", "StepOutput", "open_runtime"]
 
 
-
 def _tokenizer_dir(path: Path) -> Path:
     """The artifact's saved tokenizer, or one ``ArtifactError``: serving text needs it."""
     tok_dir = path / "tokenizer"
