@@ -246,3 +246,30 @@ def test_perplexity_rows_get_a_bootstrap_interval_and_a_paired_test():
     assert fields["delta_low"] > 0 and fields["delta_p"] < 0.05 and "paired bootstrap" in fields["delta_test"]
     res = stats.resolution(ref)
     assert res["n"] == 8 and "bootstrap over 8 test sequences" in res["interval"]
+
+
+def test_perplexity_interval_contains_the_point_even_with_one_sequence():
+    # one sequence: every resample is that sequence, so the bootstrap gives lo == hi, and
+    # a point computed in another order may lie an ulp outside; the row's interval must hold it
+    nll = np.array([1234.5678901234])
+    tok = np.array([15])
+    for value in (stats.perplexity(nll, tok) * (1 + 1e-15), stats.perplexity(nll, tok) * (1 - 1e-15)):
+        ev = Evaluation("perplexity", value, torch.zeros(1), nll=torch.tensor(nll), tokens=torch.tensor(tok))
+        lo, hi, _ = stats.quality_interval(ev)
+        assert lo <= ev.value <= hi
+
+
+def test_plot_accepts_a_point_just_outside_its_interval(tmp_path):
+    from modelpress.bench import report
+
+    row = {
+        "method": "int8",
+        "metric": "perplexity",
+        "quality": 10.0,
+        "quality_low": 10.0 + 1e-12,
+        "quality_high": 10.0 + 2e-12,
+        "size_bytes": 1e6,
+        "cpu_latency_ms_p50": 1.0,
+    }
+    report.plot({"rows": [row], "env": {}}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -319,7 +319,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
             y = r["quality"] * scale
             color = f"C{i % 10}"
             if r.get("quality_low") is not None and r.get("quality_high") is not None:
-                err = [[y - r["quality_low"] * scale], [r["quality_high"] * scale - y]]
+                # a percentile bootstrap interval need not contain the point estimate (a ratio
+                # estimator over few sequences): clip the bar at the point rather than fail
+                err = [[max(0.0, y - r["quality_low"] * scale)], [max(0.0, r["quality_high"] * scale - y)]]
                 ax.errorbar([x], [y], yerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=3)
             # hollow marker: the delta vs the original is within noise (paired test p >= 0.05)
             hollow = bool(r.get("within_noise")) and r.get("delta_p") is not None

@@ -204,6 +204,10 @@ def quality_interval(ev: Any, confidence: float = CONFIDENCE) -> tuple[float, fl
         return lo, hi, f"Wilson score interval over {c.size} test examples"
     if getattr(ev, "nll", None) is not None and getattr(ev, "tokens", None) is not None:
         lo, hi = bootstrap_perplexity_interval(_floats(ev.nll), _floats(ev.tokens), confidence=confidence)
+        # the bootstrap sums in another order than the evaluation: with one test sequence (or
+        # all alike) lo == hi == the point up to rounding, which may put the point outside
+        value = float(getattr(ev, "value", lo))
+        lo, hi = min(lo, value), max(hi, value)
         n = len(_floats(ev.nll))
         return lo, hi, f"percentile bootstrap over {n} test sequences ({BOOTSTRAP_RESAMPLES} resamples)"
     return None
