@@ -257,9 +257,7 @@ def test_int8_layers_as_8bit_matmulnbits_and_the_auto_fallback(tmp_path, tiny_ll
     assert abs(u8.onnx_bytes - dyn.onnx_bytes) < 0.01 * dyn.onnx_bytes
     import onnx
 
-    b_types = {
-        t.data_type for t in onnx.load(str(tmp_path / "u" / "model.onnx")).graph.initializer if t.name
-    }
+    b_types = {t.data_type for t in onnx.load(str(tmp_path / "u" / "model.onnx")).graph.initializer if t.name}
     assert onnx.TensorProto.UINT8 in b_types
     # auto: DynamicQuantizeMatMul (int8, then uint8 weights) first; where neither matches,
     # 8-bit MatMulNBits, said in export.json

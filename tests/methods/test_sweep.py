@@ -25,7 +25,13 @@ MUST_WORK = {
     # prune-channels-50 prunes CNN / MLP channels (transformers: prune-heads / prune-ffn)
     "bert": set(PRESETS.names()) - {"deep-compression", "deep-compression-fc", "prune-channels-50"},
     "lenet-5": {
-        "fp32", "fp16", "int8-dynamic", "cluster-4bit", "int4-g128", "prune-50", "deep-compression",
+        "fp32",
+        "fp16",
+        "int8-dynamic",
+        "cluster-4bit",
+        "int4-g128",
+        "prune-50",
+        "deep-compression",
         "prune-channels-50",
     },
     "llama": {"fp32", "bf16", "int8-dynamic", "int4-g128", "gptq-4bit", "awq-4bit", "cluster-4bit", "nf4"},

@@ -34,6 +34,7 @@ def _tokenizer_dir(path: Path) -> Path:
         )
     return tok_dir
 
+
 class ClassifierRuntime:
     """Text classification on a saved artifact or ONNX export."""
 
