@@ -73,10 +73,13 @@ def test_bench_and_compress_on_a_local_model(tmp_path, tiny_bert_dir, small_spli
             "16",
             "--threads",
             "1",
+            "--rounds",
+            "2",
         ],
     )
     assert res.exit_code == 0, res.output
     assert "int8-dynamic" in res.output
+    assert "round-robin, 2 rounds" in (out / "results.md").read_text()
     assert {p.name for p in out.iterdir()} >= {"results.json", "results.csv", "results.md", "results.png"}
     # a small user dataset: intervals, the within-noise mark (fp32 = the original), the header's warning
     md = (out / "results.md").read_text()

@@ -15,7 +15,7 @@ from modelpress.cli import app
 from modelpress.models.tv import TorchvisionClassifier
 
 runner = CliRunner()
-FAST = ["--methods", "fp32,int8-dynamic", "--no-progress", "--threads", "1"]
+FAST = ["--methods", "fp32,int8-dynamic", "--no-progress", "--threads", "1", "--rounds", "1"]
 
 
 def _err(res) -> str:

@@ -244,6 +244,15 @@ def bench(
             "(<method>@ort), with ONNX Runtime's own quantize_dynamic as a peer row.",
         ),
     ] = "torch",
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            min=1,
+            help="Timing rounds: every row is timed once per round, round-robin; latency is the median "
+            "of the rounds. 1 is a quick look; fewer rounds, less sure ratios.",
+        ),
+    ] = 4,
 ) -> None:
     """Compress the model with each method and print the comparison table (every figure measured)."""
     from .bench.report import write_reports
@@ -275,6 +284,7 @@ def bench(
                 keep_artifacts=keep_artifacts,
                 tune_allocator=tune_allocator,
                 decode_tokens=decode_tokens,
+                rounds=rounds,
                 eval_examples=_eval_examples(eval_examples),
                 backends=tuple(b.strip() for b in backend.split(",") if b.strip()),
             ),
