@@ -16,7 +16,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.modelpress-installed
 
-.PHONY: setup demo test test-fast lint bench-deps
+.PHONY: setup demo test test-fast lint bench-deps kernels
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,17 +25,23 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
-setup: $(STAMP)
+# modelpress's C++ CPU kernels (src/modelpress/kernels/ext.py): built once per machine, torch and
+# source into the user cache dir (~30 s); a no-op when built. Without a compiler it says so, and the
+# other kernels run.
+kernels: $(STAMP)
+	$(PY) -m modelpress.kernels.ext
 
-demo: $(STAMP)
+setup: $(STAMP) kernels
+
+demo: $(STAMP) kernels
 	$(VENV)/bin/modelpress bench
 
-test: $(STAMP)
+test: $(STAMP) kernels
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) kernels
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)

@@ -226,3 +226,18 @@ def test_int8pack_takes_a_misaligned_weight():
     x = _x(128, 576)
     out = _pinned("linear", "int8pack_bf16", x, fmt)
     assert _rel(out, F.linear(x, fmt.decode())) < 0.01
+
+
+def test_fbgemm_kernels_run_a_model_compressed_and_run_under_inference_mode():
+    # inference tensors have no version counter: the packed bias's key must not read it
+    import modelpress as mp
+
+    lin = torch.nn.Linear(64, 32)
+    with torch.inference_mode():
+        m = mp.compress(torch.nn.Sequential(lin), "int8-dynamic", progress=False)
+        kernels.force("linear_a8", "fbgemm")
+        try:
+            y = m(torch.randn(3, 64))
+        finally:
+            kernels.force("linear_a8", None)
+    assert y.shape == (3, 32) and torch.isfinite(y).all()

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from modelpress import kernels
 from modelpress.errors import ConfigError
 from modelpress.formats import AffineQuantized, Codebook, SparseTensor
-from modelpress.kernels import dispatch
+from modelpress.kernels import dispatch, ext
 from modelpress.primitives.quant import quantize_per_token_int8
 
+# the C++ kernels (kernels/ext.py) are candidates only where they are built
+_FUSED = ["int_mm_fused"] if ext.available() else []
+_RQ_FUSED = ["int_mm_requant_fused"] if ext.available() else []
 _TEST_OP = "_test_dispatch_op"  # a throwaway op: registered here, removed after each test
 
 
@@ -73,6 +76,7 @@ def test_reference_is_chosen_when_nothing_faster_applies(fmt):
     assert {k.name for k in kernels.candidates("linear", fmt, x)} <= {
         "fbgemm_requant",
         "int_mm_requant",
+        *_RQ_FUSED,
         "dense",
         "reference",
     }
@@ -84,17 +88,18 @@ def test_reference_is_chosen_when_nothing_faster_applies(fmt):
 def test_candidates_for_plain_int8_on_cpu():
     fmt = _int8()
     names = [k.name for k in kernels.candidates("linear_a8", fmt, _x(3))]
-    assert names == ["fbgemm", "int_mm", "dense", "reference"]
+    assert names == ["fbgemm", *_FUSED, "int_mm", "dense", "reference"]
     # 40 columns: not for int8pack
     assert [k.name for k in kernels.candidates("linear", fmt, _x(3))] == [
         "fbgemm_requant",
+        *_RQ_FUSED,
         "int_mm_requant",
         "dense",
         "reference",
     ]
     wide = _int8(cols=64)
     names = [k.name for k in kernels.candidates("linear", wide, _x(3, 64))]
-    assert names == ["fbgemm_requant", "int8pack_bf16", "int_mm_requant", "dense", "reference"]
+    assert names == ["fbgemm_requant", "int8pack_bf16", *_RQ_FUSED, "int_mm_requant", "dense", "reference"]
 
 
 @pytest.mark.parametrize("n", [1, 7, 33])
@@ -200,7 +205,8 @@ def test_env_pin_of_unknown_kernel_is_a_config_error(monkeypatch):
     monkeypatch.setenv("MODELPRESS_KERNELS", "linear_a8=nope")
     with pytest.raises(
         ConfigError,
-        match=r"no kernel 'nope' for op 'linear_a8' \(known: fbgemm, int_mm, dense, reference\)",
+        match=r"no kernel 'nope' for op 'linear_a8' "
+        r"\(known: fbgemm, int_mm_fused, int_mm, dense, reference\)",
     ):
         kernels.linear_a8(_x(2), _int8())
 

@@ -97,7 +97,8 @@ class _Packed:
         self.packed: Any = None
 
     def get(self, bias: torch.Tensor | None) -> Any:
-        key = None if bias is None else (bias.data_ptr(), bias._version)
+        # (an inference tensor, made under torch.inference_mode, has no version counter)
+        key = None if bias is None else (bias.data_ptr(), -1 if bias.is_inference() else bias._version)
         if self.packed is None or key != self.key:
             qw = self._qw if self._qw is not None else torch.ops.quantized.linear_unpack(self.packed)[0]
             b = None if bias is None else bias.detach().float().contiguous()
