@@ -25,6 +25,7 @@ from modelpress.serve.runtime import open_runtime
 
 NAMES = ("cat", "dog", "fox")
 INPUT = ImageInput(ImagePreprocess(channels=1, size=(28, 28), mean=(0.5,), std=(0.25,)), NAMES)
+INPUT_NO_NAMES = ImageInput(ImagePreprocess(channels=1, size=(28, 28)))
 
 
 def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -270,6 +271,10 @@ def test_a_text_server_says_it_takes_no_images(tmp_path, tiny_bert_dir):
 
 def test_an_image_artifact_without_its_preprocessing_is_refused(tmp_path):
     path = mp.save(LeNet5(), tmp_path / "bare")
+    digits = ImageRuntime(
+        mp.save(LeNet5(), tmp_path / "digits", extras={PREPROCESSING_FILE: INPUT_NO_NAMES.write})
+    )
+    assert digits.describe()["classes"] == [str(i) for i in range(10)]  # no names: the class ids
     with pytest.raises(mp.ArtifactError, match=r"image classifier without preprocessing\.json"):
         open_runtime(path)
     (path / PREPROCESSING_FILE).write_text(json.dumps({"format": "something else"}))
@@ -311,3 +316,30 @@ def test_an_onnx_export_of_the_image_model_serves_too(tmp_path, artifact):
             assert (
                 r.json()["label"] == NAMES[int(p.argmax())] and abs(r.json()["score"] - float(p.max())) < 1e-5
             )
+
+
+def test_a_hugging_face_image_classifier_serves_what_the_bench_evaluated(tmp_path):
+    """RGB, resized 12x10 -> 16x16, mean / std from preprocessor_config.json, pixel_values: the
+    test images the bench evaluated are among the server's preprocessed files, and each answer
+    is the in-process model's."""
+    from imagefiles import write_hf_image_model, write_image_folder
+    from modelpress.models.builtin import resolve_model
+
+    d = write_hf_image_model(tmp_path / "tiny-resnet", "resnet", num_labels=3, size=16)
+    root = write_image_folder(tmp_path / "pets", per_class=4)
+    task = resolve_model(str(d), data=str(root))
+    model = task.load_original(progress=False)
+    art = mp.save(model, tmp_path / "art", extras=task.artifact_extras())
+    runtime = open_runtime(art, threads=1)
+    assert isinstance(runtime, ImageRuntime) and runtime.input.input_name == "pixel_values"
+    files = sorted(root.rglob("*.png"))
+    decoded = torch.stack([runtime.decode(f.read_bytes()) for f in files])  # uint8 (n, 3, 16, 16)
+    for img in task.splits.test[0]:
+        assert any(torch.equal(img, row) for row in decoded)
+    with torch.inference_mode():
+        probs = model(pixel_values=runtime.prepare(list(decoded))).logits.softmax(-1)
+    with ServerThread(create_app(runtime)) as s:
+        r = httpx.post(s.url + "/v1/classify", json={"image": [b64(f.read_bytes()) for f in files]})
+        for answer, p in zip(r.json()["results"], probs, strict=True):
+            assert answer["label"] == ("cat", "dog", "fox")[int(p.argmax())]
+            assert abs(answer["score"] - float(p.max())) < 1e-5

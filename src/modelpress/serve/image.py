@@ -112,7 +112,10 @@ class ImageRuntime:
         id2label = getattr(getattr(self.model, "config", None), "id2label", None)
         if self.backend == "onnxruntime":
             id2label = self.model.meta.get("id2label")
-        return {int(k): str(v) for k, v in (id2label or {}).items()}
+        if id2label:
+            return {int(k): str(v) for k, v in id2label.items()}
+        n = getattr(self.model, "num_classes", None)  # a LeNet / torchvision model without names
+        return {i: str(i) for i in range(n)} if isinstance(n, int) else {}
 
     def decode(self, data: bytes, *, max_pixels: int = 1 << 24, where: str = "the image") -> torch.Tensor:
         """One encoded image (PNG, JPEG, WebP, BMP, GIF) of at most ``max_pixels`` as the
