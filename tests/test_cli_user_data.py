@@ -73,6 +73,11 @@ def test_bench_builtin_lenet_on_user_images(tmp_path):
         and "digits (train 53, validation 7, test 20" in (out / "results.md").read_text()
     )
     assert mp.load(out / "artifacts" / "fp32").num_classes == 4
+    # each row's artifact keeps what serving needs: the grey 28x28 input and the class names
+    from modelpress.data.images import ImageInput
+
+    served = ImageInput.read(out / "artifacts" / "fp32" / "preprocessing.json")
+    assert served.shape == (1, 28, 28) and served.class_names == ("0", "1", "2", "3")
 
 
 def test_bench_causal_lm_on_a_text_file(tmp_path, tiny_llama_dir):

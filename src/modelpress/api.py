@@ -362,9 +362,10 @@ def _rebuilt_buffers(model: nn.Module, specs: dict[str, Any]) -> dict[str, str]:
     return {n: _dtype_name(b.dtype) for n, b in model.named_buffers() if n not in specs}
 
 
-# What a directory written by ``save`` (and ``modelpress compress``: tokenizer/) may hold;
-# anything else in it is the user's, and ``save`` refuses to replace such a directory.
-ARTIFACT_ENTRIES = frozenset({WEIGHTS_FILE, MANIFEST_FILE, "tokenizer"})
+# What a directory written by ``save`` (and ``modelpress compress``: tokenizer/, or an image
+# model's preprocessing.json, ``data.images.PREPROCESSING_FILE``) may hold; anything else in it
+# is the user's, and ``save`` refuses to replace such a directory.
+ARTIFACT_ENTRIES = frozenset({WEIGHTS_FILE, MANIFEST_FILE, "tokenizer", "preprocessing.json"})
 
 
 def _is_artifact(path: Path) -> bool:
@@ -496,8 +497,9 @@ def save(
     artifact or the new one at ``path``; leftovers of a killed save are cleaned (or the old
     artifact recovered) by the next ``save`` or ``load``.
 
-    ``extras``: more entries of the artifact, by name (only ``"tokenizer"``, see
-    ``ARTIFACT_ENTRIES``) -> a function that writes that entry at the path it is given,
+    ``extras``: more entries of the artifact, by name (only ``"tokenizer"`` and
+    ``"preprocessing.json"``, see ``ARTIFACT_ENTRIES``; an image model's is written by
+    ``data.images.ImageInput.write``) -> a function that writes that entry at the path it is given,
     inside the temporary directory, before the swap: an entry that fails to be written
     (``SaveError``) leaves no artifact behind, and an old one at ``path`` as it was.
     """

@@ -365,7 +365,8 @@ def compress(
     image_std: ImageStdOpt = None,
     split_seed: SplitSeedOpt = 0,
 ) -> None:
-    """Compress a model and save the artifact (model.safetensors + manifest.json, tokenizer in tokenizer/)."""
+    """Compress a model and save the artifact (model.safetensors + manifest.json, tokenizer in tokenizer/,
+    an image model's input size, channels, mean / std and class names in preprocessing.json)."""
     from . import api
     from .models.builtin import resolve_model
     from .models.text import check_chat_templates
@@ -391,9 +392,10 @@ def compress(
         tok = getattr(adapter, "tokenizer", None)
         check_chat_templates(tok, f"the tokenizer of {model}")
         compressed = api.compress(original, recipe, data=adapter)
-        # The tokenizer is written into the artifact's temporary directory, before the swap:
-        # a failure there leaves no half-written artifact (and an old one as it was).
-        extras = {} if tok is None else {"tokenizer": lambda d: tok.save_pretrained(str(d))}
+        # The tokenizer (an image model: its preprocessing.json) is written into the artifact's
+        # temporary directory, before the swap: a failure there leaves no half-written
+        # artifact (and an old one as it was).
+        extras = adapter.artifact_extras()
         path = api.save(compressed, output, extras=extras)
     except (ModelpressError, OSError) as e:
         raise _fail(e) from None

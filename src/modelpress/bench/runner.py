@@ -195,10 +195,9 @@ def run_bench(
         )
         compress_s = time.perf_counter() - t0
         method_notes = compression_notes(compressed)  # what a method reported goes into the table notes
-        # the tokenizer goes with each artifact, so a row can be served or exported as it is
-        tok = getattr(adapter, "tokenizer", None)
-        extras = {} if tok is None else {"tokenizer": lambda d, tok=tok: tok.save_pretrained(str(d))}
-        path = save(compressed, art_dir / label, extras=extras)
+        # the tokenizer (an image model: its preprocessing) goes with each artifact, so a row
+        # can be served or exported as it is
+        path = save(compressed, art_dir / label, extras=adapter.artifact_extras())
         del compressed
         gc.collect()
         size = artifact_bytes(path)

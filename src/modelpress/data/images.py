@@ -22,6 +22,11 @@ channels and resized to its input size (``ImagePreprocess``; bilinear resize wit
 grey by PIL's ITU-R 601 luma, grey to RGB by repeating the channel, RGBA's alpha dropped);
 the scaling to [0, 1] and the mean / std normalisation happen per batch
 (``ImageSplits.prepare``), so a large set is held at one byte per pixel.
+
+Serving (``modelpress serve``) takes the same path one image at a time: ``decode_image``
+(bytes -> array, with a pixel limit) and ``ImageInput.convert`` (the conversion above), then
+``normalize`` per batch; ``ImageInput`` is what an image artifact keeps in
+``preprocessing.json`` so that it can be served as it was measured.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
+import json
 import logging
 import re
 import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +47,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ArtifactError, ConfigError, DataError
 from .datasets import package_dir
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "PREPROCESSING_FILE",
+    "SERVE_FORMATS",
+    "ImageInput",
     "ImagePreprocess",
     "ImageSplits",
+    "ImageTooLarge",
+    "decode_image",
     "mnist_5k",
+    "normalize",
     "read_idx",
     "read_image_data",
 ]
@@ -93,12 +107,7 @@ class ImageSplits:
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """A batch of stored images as model input: float32, [0, 1], normalised if asked."""
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        return x
+        return normalize(x, self.mean, self.std)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -109,6 +118,19 @@ class ImageSplits:
         if self.class_names is not None or self.mean is not None:
             h.update(repr((self.class_names, self.mean, self.std)).encode())
         return h.hexdigest()[:16]
+
+
+def normalize(
+    x: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """A batch ``(n, c, h, w)`` of uint8 (or [0, 1] float) images as model input: float32 in
+    [0, 1], then ``(x - mean) / std`` per channel where both are given."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if mean is not None and std is not None:
+        m = torch.tensor(tuple(mean), dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(tuple(std), dtype=x.dtype).view(1, -1, 1, 1)
+        x = (x - m) / s
+    return x
 
 
 def mnist_5k(seed: int = 0, test: int = 1000, validation: int = 500) -> ImageSplits:
@@ -220,18 +242,184 @@ def _stack(images: Sequence[np.ndarray], prep: ImagePreprocess, where: str) -> t
 # -- readers ----------------------------------------------------------------------------------
 
 
+def _as_array(im: Any) -> np.ndarray:
+    """A loaded PIL image as ``(h, w)`` or ``(h, w, 3 | 4)`` uint8: grey, RGB and RGBA as they
+    are, any other mode (palette, CMYK, 1-bit ...) converted to RGB (RGBA if it has alpha)."""
+    if im.mode not in ("L", "RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    return np.asarray(im)
+
+
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
             opened.load()
-            im: Image.Image = opened
-            if im.mode not in ("L", "RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            return np.asarray(im)
+            return _as_array(opened)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+#: image formats a server decodes (PIL's names); anything else is refused before decoding
+SERVE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+
+class ImageTooLarge(DataError):
+    """An image over the byte or pixel limit (a server answers 413)."""
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int, formats: Sequence[str] = SERVE_FORMATS, where: str = "the image"
+) -> np.ndarray:
+    """The encoded image ``data`` (PNG, JPEG ...) as an array, as the folder reader gets it
+    (``_read_image``: same modes, same conversions). Its width x height is checked against
+    ``max_pixels`` from the header, before anything is decoded (the decompression-bomb guard:
+    a few KB of PNG can hold a gigapixel image); PIL's own ``Image.MAX_IMAGE_PIXELS`` check
+    (a warning above 89 M pixels, an error above twice that) never decides, as ``max_pixels``
+    is meant to be far below it. ``ImageTooLarge`` over the limit, ``DataError`` for anything
+    PIL cannot decode (one sentence; whatever PIL raises on a malformed file)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise DataError(f"{where} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(formats)) as opened:
+                w, h = opened.size
+                if w * h > max_pixels:
+                    raise ImageTooLarge(
+                        f"{where} is {w}x{h} = {w * h:,} pixels; the server takes at most {max_pixels:,}"
+                    )
+                opened.load()  # the first frame of an animation
+                return _as_array(opened)
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(f"{where} is too large: {e}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{where} is not an image this server reads ({', '.join(formats)})") from None
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error ... on bad files
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot decode {where}: {why}") from None
+
+
+#: the artifact entry that says what an image classifier takes (written by ``modelpress
+#: compress`` and the bench; ``save(..., extras={PREPROCESSING_FILE: image_input.write})``)
+PREPROCESSING_FILE = "preprocessing.json"
+_PREPROCESSING_FORMAT = "modelpress-image-preprocessing"
+_PREPROCESSING_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """What an image classifier takes, kept with its artifact (``preprocessing.json``) so it
+    can be served as it was measured: ``prep`` (channels, the input size, which must be set,
+    per-channel mean / std of the [0, 1] pixels), ``class_names`` (None: the class ids) and
+    ``input_name``, the keyword of the model's forward (``x``; ``pixel_values`` for Hugging
+    Face models)."""
+
+    prep: ImagePreprocess
+    class_names: tuple[str, ...] | None = None
+    input_name: str = "x"
+
+    def __post_init__(self) -> None:
+        if self.prep.size is None:
+            raise ConfigError("an image model's input needs its size (height, width) to be served")
+        if self.input_name not in ("x", "pixel_values"):
+            raise ConfigError(f"input_name must be 'x' or 'pixel_values', got {self.input_name!r}")
+        if self.class_names is not None and not all(isinstance(n, str) for n in self.class_names):
+            raise ConfigError("class_names must be strings")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one model input."""
+        assert self.prep.size is not None
+        return self.prep.channels, int(self.prep.size[0]), int(self.prep.size[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.prep
+        return {
+            "format": _PREPROCESSING_FORMAT,
+            "version": _PREPROCESSING_VERSION,
+            "task": "image-classification",
+            "input_name": self.input_name,
+            "channels": p.channels,
+            "size": list(self.shape[1:]),
+            "mean": None if p.mean is None else list(p.per_channel(p.mean) or ()),
+            "std": None if p.std is None else list(p.per_channel(p.std) or ()),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "resize": "bilinear",
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "preprocessing") -> ImageInput:
+        """The inverse of ``to_dict``; ``ArtifactError`` naming ``where`` when it is malformed."""
+
+        def num_list(v: Any) -> bool:
+            return isinstance(v, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+            )
+
+        if not isinstance(d, dict) or d.get("format") != _PREPROCESSING_FORMAT:
+            raise ArtifactError(f"{where} is not a modelpress image preprocessing description")
+        if not isinstance(d.get("version"), int) or d["version"] > _PREPROCESSING_VERSION:
+            raise ArtifactError(f"{where}: version {d.get('version')!r} is newer than this modelpress reads")
+        size, names = d.get("size"), d.get("class_names")
+        ok = (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in size)
+            and d.get("channels") in (1, 3)
+            and (d.get("mean") is None or num_list(d["mean"]))
+            and (d.get("std") is None or num_list(d["std"]))
+            and (names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)))
+            and isinstance(d.get("input_name"), str)
+        )
+        if not ok:
+            raise ArtifactError(
+                f"{where} is malformed: it needs channels (1 or 3), size [height, width], mean / std "
+                "(lists or null), class_names (strings or null) and input_name"
+            )
+        try:
+            prep = ImagePreprocess(
+                channels=d["channels"],
+                size=(d["size"][0], d["size"][1]),
+                mean=None if d.get("mean") is None else tuple(float(v) for v in d["mean"]),
+                std=None if d.get("std") is None else tuple(float(v) for v in d["std"]),
+            )
+            return cls(prep, None if names is None else tuple(names), d["input_name"])
+        except ConfigError as e:
+            raise ArtifactError(f"{where} is malformed: {e}") from None
+
+    def write(self, path: str | Path) -> None:
+        """Write ``preprocessing.json`` at ``path`` (a ``save`` extras writer)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: str | Path) -> ImageInput:
+        """``preprocessing.json`` at ``path``, or one ``ArtifactError``."""
+        path = Path(path)
+        try:
+            raw = path.read_text(encoding="utf-8")
+            if len(raw) > 1 << 20:
+                raise ArtifactError(f"{path} is over 1 MB; it cannot be an image preprocessing description")
+            d = json.loads(raw)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ArtifactError(f"cannot read {path}: {e}") from None
+        return cls.from_dict(d, str(path))
+
+    def convert(self, image: np.ndarray, where: str = "the image") -> torch.Tensor:
+        """One decoded image (``(h, w)`` or ``(h, w, c)``) as the model's ``(c, H, W)`` uint8,
+        converted exactly as ``read_image_data`` converts a user's images (channels, bilinear
+        resize to the input size); ``normalize`` makes a batch of them model input."""
+        out = _convert(_to_uint8(image, where), self.prep, where)
+        return torch.from_numpy(out if out.flags.writeable else out.copy())  # PIL's arrays are read-only
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.prep
+        return normalize(x, p.per_channel(p.mean), p.per_channel(p.std))
 
 
 def _class_dirs(root: Path) -> list[Path]:

@@ -69,8 +69,10 @@ def export(
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {format!r}")
     tokenizer = None
+    image = None  # an image model's preprocessing, kept in export.json (``"image"``) for serving
     if isinstance(model, (str, os.PathLike)):
         from ..api import load
+        from ..data.images import PREPROCESSING_FILE, ImageInput
 
         art = Path(model)
         model = load(art)
@@ -79,6 +81,10 @@ def export(
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        if (art / PREPROCESSING_FILE).is_file():
+            image = ImageInput.read(art / PREPROCESSING_FILE).to_dict()
+    if image is None and callable(getattr(data, "image_input", None)):
+        image = data.image_input().to_dict()
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"export takes a torch nn.Module or an artifact directory, got {type(model).__name__}"
@@ -128,4 +134,5 @@ def export(
         tokenizer=tokenizer,
         threads=threads,
         extra_check=extra,
+        metadata=None if image is None else {"image": image},
     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,6 +119,13 @@ class TaskAdapter(abc.ABC):
         methods use (the adapter itself; a user's task hands over the user's batches and
         teacher)."""
         return {"data": self}
+
+    def artifact_extras(self) -> dict[str, Callable[[Path], object]]:
+        """What is saved with each artifact besides its weights and manifest, so that it can
+        be served or exported as it is (``save``'s ``extras``): the tokenizer of a text
+        model; an image model's preprocessing (``ImageClassificationTask``)."""
+        tok = getattr(self, "tokenizer", None)
+        return {} if tok is None else {"tokenizer": lambda d: tok.save_pretrained(str(d))}
 
     def load_artifact(self, path: Any) -> nn.Module:
         """A saved row back in memory (``modelpress.load``; a user's task loads into a fresh

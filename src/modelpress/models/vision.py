@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..data.images import ImageSplits
+from ..data.images import PREPROCESSING_FILE, ImageInput, ImagePreprocess, ImageSplits
 from ..errors import ConfigError, DataError
 from ..training.loop import DataSizedSchedule, TrainConfig, config_key, fit
 from .cache import cache_key, cached_dir, read_training_note, write_training_note
@@ -301,6 +301,16 @@ class ImageClassificationTask(TaskAdapter):
             return
         state = model.net.state_dict() if isinstance(model, TorchvisionClassifier) else model.state_dict()
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+
+    def image_input(self) -> ImageInput:
+        """What the model takes, as this task's data was prepared: channels and size of its
+        images, their mean / std, the class names (kept with each artifact, for serving)."""
+        c, h, w = self.splits.image_shape
+        prep = ImagePreprocess(channels=c, size=(h, w), mean=self.splits.mean, std=self.splits.std)
+        return ImageInput(prep, self.splits.class_names, self.input_key)
+
+    def artifact_extras(self) -> dict[str, Callable[[Path], object]]:
+        return {PREPROCESSING_FILE: self.image_input().write}
 
     # -- data ---------------------------------------------------------------------------
     def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

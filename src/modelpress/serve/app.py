@@ -1,6 +1,7 @@
 """The app: HTTP only (FastAPI on uvicorn), in front of one batcher and one runtime.
 
-Endpoints: ``POST /v1/classify`` (``{"text": "..."}`` or ``{"text": ["...", ...]}``),
+Endpoints: ``POST /v1/classify`` (``{"text": "..."}`` or ``{"text": ["...", ...]}``; an image
+classifier: ``{"image": "<base64>"}``, ``{"image": [...]}`` or one image as the raw body),
 ``POST /v1/embed`` (same body, encoders), ``POST /v1/generate`` (causal LMs: continuous
 batching, one JSON answer or Server-Sent Events), ``GET /health`` (the process answers),
 ``GET /ready`` (the model is loaded and warmed up),
@@ -13,9 +14,12 @@ docs/serving.md.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import time
@@ -27,7 +31,7 @@ from starlette.requests import (
     Request as HTTPRequest,
 )  # at module level: FastAPI resolves endpoint annotations here
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .batcher import Batcher, BatchPolicy, DecodePolicy, DecodeScheduler, Request
 
 __all__ = ["GenerateRequest", "ServeConfig", "create_app"]
@@ -46,6 +50,10 @@ class ServeConfig:
     max_new_tokens: int = 512  # the most a generation request may ask for
     max_stop: int = 4  # stop strings per request
     max_stop_chars: int = 64
+    max_images: int = 64  # images per request (image classifiers)
+    max_image_bytes: int = 8 << 20  # one encoded image (PNG, JPEG ...)
+    max_image_pixels: int = 1 << 24  # width x height of one image (4096 x 4096), read from its header
+    max_body_bytes: int = 32 << 20  # one request body with images (JSON with base64)
 
     def __post_init__(self) -> None:
         if not 0 < self.deadline_s <= 600:
@@ -74,7 +82,7 @@ class GenerateRequest(BaseModel):
 
 @dataclasses.dataclass
 class _Item:
-    text: str
+    text: Any  # a text; for an image classifier, one decoded image (uint8 (c, H, W))
     future: asyncio.Future
     kind: str = "classify"  # classify | embed
 
@@ -135,6 +143,7 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
 
     cfg = config or ServeConfig()
     is_lm = getattr(runtime, "task", "") == "text-generation"
+    is_image = getattr(runtime, "task", "") == "image-classification"
     batcher = Batcher(cfg.policy)
     sched = DecodeScheduler(cfg.decode)
     gens: dict[int, _Gen] = {}  # id -> generation request (queued or running)
@@ -142,6 +151,8 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelpress-runtime")
     state: dict[str, Any] = {"ready": False, "stopping": False, "wake": None, "worker": None}
     busy = {"Retry-After": str(cfg.retry_after_s)}
+    # images are decoded off the event loop, two at a time (bounds the memory decodes take)
+    decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="modelpress-decode")
 
     async def worker() -> None:
         loop = asyncio.get_running_loop()
@@ -254,6 +265,7 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(state["worker"], timeout=cfg.deadline_s + 1.0)
             executor.shutdown(wait=False, cancel_futures=True)
+            decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="modelpress serve", lifespan=lifespan)
 
@@ -262,7 +274,24 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_: HTTPRequest, exc: RequestValidationError) -> JSONResponse:
+    async def bad_request(http: HTTPRequest, exc: RequestValidationError) -> JSONResponse:
+        what = http.url.path.rpartition("/")[2]
+        if is_image and what in ("embed", "generate"):  # their bodies are text: the endpoint is not served
+            refused = not_served(what)
+            if refused is not None:
+                return refused
+        ctype = http.headers.get("content-type", "").split(";")[0].strip().lower()
+        sent_image = ctype.startswith(("image/", "multipart/")) or ctype == "application/octet-stream"
+        if (
+            not is_lm
+            and what in ("classify", "embed")
+            and (sent_image or any(tuple(e.get("loc", ()))[:2] == ("body", "image") for e in exc.errors()))
+        ):
+            return error(
+                415 if sent_image else 422,
+                'this server classifies text and takes no images: send {"text": "..."} or '
+                '{"text": ["...", ...]} as JSON',
+            )
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         msg = first.get("msg", "invalid request")
@@ -288,6 +317,10 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
         )
 
     def not_served(what: str) -> JSONResponse | None:
+        if is_image and what != "classify":
+            return error(
+                404, f"this artifact is an image classifier: POST /v1/{what} is not served, use /v1/classify"
+            )
         if what == "generate" and not is_lm:
             return error(404, "this artifact is not a causal LM: POST /v1/generate is not served")
         if what != "generate" and is_lm:
@@ -350,7 +383,6 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
         metrics.requests.labels("200").inc()
         return list(results), None
 
-    @app.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> JSONResponse:
         refused = not_served("classify")
         if refused is not None:
@@ -359,6 +391,145 @@ def create_app(runtime: Any, config: ServeConfig | None = None) -> Any:
         if err is not None or results is None:
             return err  # type: ignore[return-value]
         return JSONResponse({"results": results} if isinstance(body.text, list) else results[0])
+
+    # ---- images (an image classifier's /v1/classify) ----------------------------------
+    takes = (
+        '{"image": "<base64 PNG/JPEG>"} or {"image": ["...", ...]} as JSON, or one image as the raw body '
+        "(content-type image/png, image/jpeg ...)"
+    )
+
+    async def read_body(http: HTTPRequest, limit: int) -> bytes | None:
+        """The request body, or None when it is over ``limit`` bytes (read no further)."""
+        declared = http.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        chunks, n = [], 0
+        async for chunk in http.stream():
+            n += len(chunk)
+            if n > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def from_base64(text: str, where: str) -> bytes | JSONResponse:
+        text = text.strip()
+        if text.startswith("data:"):  # a data URL: data:image/png;base64,...
+            head, comma, text = text.partition(",")
+            if not comma or not head.endswith(";base64"):
+                return error(422, f"{where}: a data URL must be base64 (data:image/png;base64,...)")
+        text = "".join(text.split())  # the line breaks of `base64` without -w0
+        if not text:
+            return error(422, f"{where} is empty: send the base64 of a PNG / JPEG file")
+        if len(text) > 4 * ((cfg.max_image_bytes + 2) // 3):
+            return error(413, f"{where} is over {cfg.max_image_bytes:,} bytes; the server takes at most that")
+        try:
+            blob = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return error(422, f"{where} is not valid base64 (send the file's bytes base64-encoded)")
+        if len(blob) > cfg.max_image_bytes:
+            return error(413, f"{where} is over {cfg.max_image_bytes:,} bytes; the server takes at most that")
+        return blob
+
+    def images_from_json(body: bytes) -> tuple[list[bytes], bool] | JSONResponse:
+        """The encoded images of a JSON body and whether they came as a list, or the 4xx."""
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            return error(422, f"invalid request: the body is not JSON ({e}); this server takes {takes}")
+        if not isinstance(obj, dict):
+            return error(422, f"invalid request: the body must be a JSON object, {takes}")
+        if "image" not in obj:
+            if "text" in obj:
+                return error(422, f"this server classifies images, not text: send {takes}")
+            return error(422, f"invalid request: image: Field required; this server takes {takes}")
+        extra = sorted(str(k) for k in obj if k != "image")
+        if extra:
+            return error(422, f"invalid request: {extra[0]}: Extra inputs are not permitted (only image)")
+        value = obj["image"]
+        listed = isinstance(value, list)
+        items = value if listed else [value]
+        if not all(isinstance(v, str) for v in items):
+            return error(422, "invalid request: image must be a base64 string or a list of base64 strings")
+        if not items:
+            return error(422, "image must be a non-empty string or a non-empty list of strings")
+        if len(items) > cfg.max_images:
+            return error(413, f"at most {cfg.max_images} images per request, got {len(items)}")
+        blobs = []
+        for k, v in enumerate(items):
+            blob = from_base64(v, f"image {k + 1} of {len(items)}" if listed else "the image")
+            if isinstance(blob, JSONResponse):
+                return blob
+            blobs.append(blob)
+        return blobs, listed
+
+    async def classify_image(http: HTTPRequest) -> JSONResponse:
+        from ..data.images import ImageTooLarge
+
+        t0 = time.monotonic()
+        refused = not_served("classify")
+        if refused is not None:
+            return refused
+        ctype = http.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype.startswith("image/") or ctype == "application/octet-stream":
+            raw = await read_body(http, cfg.max_image_bytes)
+            if raw is None:
+                return error(413, f"the image is over {cfg.max_image_bytes:,} bytes, the server's limit")
+            if not raw:
+                return error(422, f"the request body is empty: send {takes}")
+            blobs, listed = [raw], False
+        elif ctype in ("", "application/json") or ctype.endswith("+json"):
+            raw = await read_body(http, cfg.max_body_bytes)
+            if raw is None:
+                return error(413, f"the request body is over {cfg.max_body_bytes:,} bytes")
+            if not raw.strip():
+                return error(422, f"the request body is empty: send {takes}")
+            parsed = images_from_json(raw)
+            if isinstance(parsed, JSONResponse):
+                return parsed
+            blobs, listed = parsed
+        elif ctype.startswith("multipart/"):
+            return error(415, f"multipart uploads are not taken: send {takes}")
+        else:
+            return error(415, f"this server classifies images and takes no {ctype} body: send {takes}")
+        loop = asyncio.get_running_loop()
+        images = []
+        for k, blob in enumerate(blobs):
+            where = f"image {k + 1} of {len(blobs)}" if listed else "the image"
+            decode = functools.partial(runtime.decode, blob, max_pixels=cfg.max_image_pixels, where=where)
+            try:
+                images.append(await loop.run_in_executor(decoder, decode))
+            except ImageTooLarge as e:
+                return error(413, str(e))
+            except DataError as e:
+                return error(422, str(e))
+            except Exception as e:  # a decoder failure is the image's fault: a 4xx, never a 500
+                return error(422, f"cannot decode {where}: {type(e).__name__}")
+        if batcher.size + len(images) > cfg.policy.max_queue:
+            batcher.rejected += len(images)
+            metrics.rejected.inc(len(images))
+            return error(503, "the server is busy: queue full", busy)
+        items = [_Item(im, loop.create_future(), "classify") for im in images]
+        deadline = t0 + cfg.deadline_s
+        for item in items:  # every image has the model's shape after preprocessing: one length
+            batcher.add(Request(1, t0, item, deadline))
+        state["wake"].set()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(i.future for i in items)), timeout=cfg.deadline_s + 1.0
+            )
+        except TimeoutError:
+            return error(504, f"not answered within the {cfg.deadline_s:g} s deadline")
+        except RuntimeError as e:
+            return error(500, str(e))
+        finally:
+            for i in items:  # a request that gave up frees its queue slots
+                if not i.future.done():
+                    i.future.cancel()
+        metrics.latency.observe(time.monotonic() - t0)
+        metrics.requests.labels("200").inc()
+        return JSONResponse({"results": list(results)} if listed else results[0])
+
+    app.post("/v1/classify")(classify_image if is_image else classify)
 
     @app.post("/v1/embed")
     async def embed(body: ClassifyRequest) -> JSONResponse:

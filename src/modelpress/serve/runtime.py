@@ -148,16 +148,29 @@ class ClassifierRuntime:
 
 def open_runtime(path: str | os.PathLike, *, threads: int | None = None) -> Any:
     """The runtime for what the artifact holds: a ``*ForCausalLM`` → ``CausalLMRuntime``
-    (``/v1/generate``), any other encoder → ``ClassifierRuntime`` (``/v1/classify`` when it has a
-    classification head, ``/v1/embed`` on the torch backend). An ONNX export is a classifier."""
+    (``/v1/generate``), an image classifier (its ``preprocessing.json``) → ``ImageRuntime``
+    (``/v1/classify`` with images), any other encoder → ``ClassifierRuntime`` (``/v1/classify``
+    when it has a classification head, ``/v1/embed`` on the torch backend). An ONNX export is
+    a classifier of images when its ``export.json`` describes them, else of texts."""
+    from .image import ImageRuntime, is_image_model, missing_preprocessing
+
     path = Path(path)
     if (path / "export.json").is_file():
+        from ..deploy import read_export
+
+        if read_export(path).get("image") is not None:
+            return ImageRuntime(path, threads=threads)
         return ClassifierRuntime(path, threads=threads)
     if threads:
         torch.set_num_threads(int(threads))
     from ..api import load
+    from ..data.images import PREPROCESSING_FILE
 
     model = load(path).eval()
+    if (path / PREPROCESSING_FILE).is_file():
+        return ImageRuntime(path, threads=threads, model=model)
+    if is_image_model(model):
+        raise missing_preprocessing(path)
     if type(model).__name__.endswith("ForCausalLM"):
         return CausalLMRuntime(path, model=model)
     return ClassifierRuntime(path, threads=threads, model=model)
