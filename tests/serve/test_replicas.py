@@ -324,11 +324,28 @@ def test_a_replica_killed_mid_load_fails_its_requests_once_and_comes_back(lm_art
     assert not alive([*seen, victim["pid"]])
 
 
-def test_shutdown_drains_the_requests_in_flight_and_leaves_no_replica_running(lm_artifact):
+def test_clients_that_leave_free_their_slots_and_shutdown_drains_and_leaves_no_replica_running(lm_artifact):
     server, replicas = lm_front(lm_artifact)
     server.__enter__()
     pids = replicas.pids()
     assert len(alive(pids)) == 2
+    long = {"prompt": "hi", "max_new_tokens": 500}
+    with httpx.stream("POST", server.url + "/v1/generate", json={**long, "stream": True}) as r:
+        assert next(r.iter_lines()).startswith("data: ")  # then the client goes
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/generate", json=long, timeout=0.3)
+    t0, cancelled = time.monotonic(), 0.0
+    while cancelled < 2 and time.monotonic() - t0 < 10:  # the replicas cut both out of their batches
+        time.sleep(0.1)
+        pages = [httpx.get(f"{server.url}/replicas/{i}/metrics").text for i in range(2)]
+        cancelled = sum(
+            float(line.split()[-1])
+            for page in pages
+            for line in page.splitlines()
+            if line.startswith("modelpress_cancelled_total")
+        )
+    assert cancelled == 2
+    assert [r["in_flight"] for r in httpx.get(server.url + "/ready").json()["replicas"]] == [0, 0]
 
     async def during_shutdown() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:

@@ -522,6 +522,10 @@ def create_front(replicas: ReplicaSet) -> Any:
                 timeout=max(0.0, end - time.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+        except BaseException:  # we are cancelled (the client left a stream): so is the call
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
         finally:
             for f in (died, gone):
                 if f is not None:
