@@ -113,6 +113,21 @@ class _Life:
     in_flight: int = 0
 
 
+class _Hold:
+    """A request in flight on one replica's life, counted until released (once)."""
+
+    def __init__(self, life: _Life, state: dict[str, Any]) -> None:
+        self.life, self.state, self.done = life, state, False
+        life.in_flight += 1
+        state["in_flight"] += 1
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.life.in_flight -= 1
+            self.state["in_flight"] -= 1
+
+
 @dataclasses.dataclass(eq=False)
 class _Slot:
     index: int
@@ -321,7 +336,8 @@ class _Metrics:
         )
         self.failed = Counter(
             "modelpress_replica_failed",
-            "Requests the front failed: the replica died, did not answer, or timed out",
+            "Requests failed by the replica's death, silence or time-out (refused: its socket was closed"
+            " before the request was sent, so another replica took it)",
             ["replica", "reason"],
             registry=r,
         )
@@ -396,8 +412,12 @@ def create_front(replicas: ReplicaSet) -> Any:
                 if slot.state in ("starting", "ready") and proc is not None and proc.poll() is not None:
                     on_death(slot)
                 elif slot.state == "dead" and now >= slot.restart_at and not state["stopping"]:
-                    replicas.spawn(slot.index)
-                    metrics.restarts.labels(str(slot.index)).inc()
+                    try:
+                        replicas.spawn(slot.index)
+                        metrics.restarts.labels(str(slot.index)).inc()
+                    except OSError as e:  # no process could be started (fds, memory): try again later
+                        slot.restart_at = now + cfg.restart_backoff_s[1]
+                        log.warning("replica %d could not be restarted: %s", slot.index, e)
                 elif slot.state == "starting" and proc is not None:
                     if now - slot.started_at > cfg.startup_timeout_s:
                         log.warning(
@@ -585,56 +605,54 @@ def create_front(replicas: ReplicaSet) -> Any:
         body = await read_body(http)
         if body is None:
             return error(413, f"a request body may hold at most {cfg.max_body_bytes:,} bytes")
-        index = router.pick(replicas.loads())
-        if index is None:
-            metrics.rejected.labels("no replica ready").inc()
-            states = ", ".join(f"{s.index}: {s.state}" for s in replicas.slots)
-            return error(503, f"no replica is ready ({states}); they are being restarted: retry", busy)
-        slot = replicas.slots[index]
-        life = slot.life
-        assert life is not None
-        life.in_flight += 1
-        state["in_flight"] += 1
-        metrics.routed.labels(str(index)).inc()
-        done = False
+        refused: set[int] = set()  # replicas that refused the connection: the request never reached them
+        while True:
+            loads = [
+                dataclasses.replace(x, ready=False) if x.index in refused else x for x in replicas.loads()
+            ]
+            index = router.pick(loads)
+            if index is None:
+                metrics.rejected.labels("no replica ready").inc()
+                states = ", ".join(f"{s.index}: {s.state}" for s in replicas.slots)
+                return error(503, f"no replica is ready ({states}); they are being restarted: retry", busy)
+            slot = replicas.slots[index]
+            assert slot.life is not None
+            hold = _Hold(slot.life, state)
+            metrics.routed.labels(str(index)).inc()
+            streaming = False
+            try:
+                life = hold.life
+                headers = {k: v for k, v in http.headers.items() if k.lower() in _REQUEST_HEADERS}
+                req = life.client.build_request(
+                    "POST", "/v1/" + name, content=body, headers=headers, params=http.query_params
+                )
+                outcome, resp = await race(life.client.send(req, stream=True), life, http, end)
+                if outcome == "died" and isinstance(resp, httpx.ConnectError):
+                    # it died before this request reached it: nothing was done, so another may take it
+                    metrics.failed.labels(str(index), "refused").inc()
+                    refused.add(index)
+                    continue
+                if outcome != "ok":
+                    return error(*failure(outcome, slot, resp), busy if outcome == "died" else None)
+                out_headers = {k: v for k, v in resp.headers.items() if k.lower() in _ANSWER_HEADERS}
+                if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(
+                    "text/event-stream"
+                ):
+                    streaming = True
+                    metrics.requests.labels("200").inc()
+                    return StreamingResponse(relay(resp, slot, hold, t0, end), headers=out_headers)
+                outcome, content = await race(resp.aread(), life, http, end)
+                later(resp.aclose())
+                if outcome != "ok":
+                    return error(*failure(outcome, slot, content), busy if outcome == "died" else None)
+                metrics.requests.labels(str(resp.status_code)).inc()
+                metrics.latency.observe(time.monotonic() - t0)
+                return Response(content, status_code=resp.status_code, headers=out_headers)
+            finally:
+                if not streaming:
+                    hold.release()
 
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                life.in_flight -= 1
-                state["in_flight"] -= 1
-
-        streaming = False
-        try:
-            headers = {k: v for k, v in http.headers.items() if k.lower() in _REQUEST_HEADERS}
-            req = life.client.build_request(
-                "POST", "/v1/" + name, content=body, headers=headers, params=http.query_params
-            )
-            outcome, resp = await race(life.client.send(req, stream=True), life, http, end)
-            if outcome != "ok":
-                return error(*failure(outcome, slot, resp), busy if outcome == "died" else None)
-            out_headers = {k: v for k, v in resp.headers.items() if k.lower() in _ANSWER_HEADERS}
-            if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(
-                "text/event-stream"
-            ):
-                streaming = True
-                metrics.requests.labels("200").inc()
-                return StreamingResponse(relay(resp, slot, life, release, t0, end), headers=out_headers)
-            outcome, content = await race(resp.aread(), life, http, end)
-            later(resp.aclose())
-            if outcome != "ok":
-                return error(*failure(outcome, slot, content), busy if outcome == "died" else None)
-            metrics.requests.labels(str(resp.status_code)).inc()
-            metrics.latency.observe(time.monotonic() - t0)
-            return Response(content, status_code=resp.status_code, headers=out_headers)
-        finally:
-            if not streaming:
-                release()
-
-    async def relay(
-        resp: Any, slot: _Slot, life: _Life, release: Any, t0: float, end: float
-    ) -> AsyncIterator[bytes]:
+    async def relay(resp: Any, slot: _Slot, hold: _Hold, t0: float, end: float) -> AsyncIterator[bytes]:
         """The replica's events, whole ones only; if it dies (or stalls past the deadline)
         mid-stream: one ``event: error`` naming it, with the tokens sent so far, then the end."""
         stream = resp.aiter_raw()
@@ -648,7 +666,7 @@ def create_front(replicas: ReplicaSet) -> Any:
         buf, tokens = b"", 0
         try:
             while True:
-                outcome, chunk = await race(next_chunk(), life, None, end)
+                outcome, chunk = await race(next_chunk(), hold.life, None, end)
                 if outcome != "ok":
                     _, message = failure(outcome, slot, chunk)
                     yield (
@@ -669,7 +687,7 @@ def create_front(replicas: ReplicaSet) -> Any:
                                 tokens = int(json.loads(line[6:]).get("tokens", tokens))
                     yield event + b"\n\n"
         finally:
-            release()
+            hold.release()
             later(resp.aclose())
 
     app.state.replicas = replicas
