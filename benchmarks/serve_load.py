@@ -22,6 +22,13 @@ as ``{"image": "<base64>"}``) against batch-1 and dynamic batching (every image 
 model's shape after preprocessing: length buckets are moot). It also times the runtime alone
 (no HTTP): decode + preprocess per image, and the model at batch 1 and 16, median of 20 runs.
 
+``--replicas N`` (default 2; 0: none) adds, in the same run, N replica processes behind one
+front (``serve/replicas.py``, dynamic batching + adaptive buckets in each, ``--threads // N``
+threads each), routed round-robin and least-queue. ``--mix skewed`` draws 10 % of the
+requests from passages of the convention speeches (120-160 words, under the model's 256
+tokens) and the rest from the Rotten Tomatoes snippets (mostly 10-40 tokens): skewed
+request lengths, where routing on what each replica holds should pay.
+
     python benchmarks/serve_load.py LM_ARTIFACT --generate [--requests 16] [--new-tokens 64] [--gap-ms 0,250]
 
 Causal-LM generation (issue 17): ``--requests`` greedy generations of up to ``--new-tokens``
@@ -50,8 +57,9 @@ from typing import Any
 import httpx
 
 from modelpress.bench.env import cpu_flags, cpu_model
-from modelpress.data.datasets import rotten_tomatoes
+from modelpress.data.datasets import political_speeches, rotten_tomatoes
 from modelpress.serve import BatchPolicy, ServerThread, build_app
+from modelpress.serve.replicas import FrontConfig, ReplicaSet, create_front
 
 CONFIGS = {
     "batch-1": BatchPolicy(max_batch_size=1, max_wait_s=0.0, bucketing="none", max_queue=4096),
@@ -111,6 +119,8 @@ async def _open_loop(
         "p99_ms": 1e3 * _pct(lat, 0.99),
         "rejected": codes.get("503", 0),
         "lost": codes.get("lost", 0) + sum(v for k, v in codes.items() if k not in ("200", "503", "lost")),
+        # answered, but neither 200 nor 503 (504 past the deadline, 5xx): counted in lost too
+        "errors": sum(v for k, v in codes.items() if k not in ("200", "503", "lost")),
     }
 
 
@@ -161,14 +171,34 @@ def _model_alone(artifact: str, pngs: list[str], threads: int) -> dict[str, floa
     }
 
 
-def _tokens(url: str) -> tuple[float, float]:
-    """(pad tokens, text tokens) the server computed so far."""
-    vals = {}
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(("modelpress_pad_tokens ", "modelpress_text_tokens ")):
-            k, v = line.split()
-            vals[k] = float(v)
+def _tokens(url: str, replicas: int = 0) -> tuple[float, float]:
+    """(pad tokens, text tokens) the server computed so far (a front: summed over its replicas)."""
+    vals: dict[str, float] = {}
+    pages = [url + "/metrics"] if not replicas else [f"{url}/replicas/{i}/metrics" for i in range(replicas)]
+    for page in pages:
+        for line in httpx.get(page).text.splitlines():
+            if line.startswith(("modelpress_pad_tokens ", "modelpress_text_tokens ")):
+                k, v = line.split()
+                vals[k] = vals.get(k, 0.0) + float(v)
     return vals.get("modelpress_pad_tokens", 0.0), vals.get("modelpress_text_tokens", 0.0)
+
+
+def _skewed_texts(short: list[str], tokenizer_dir: Path, seed: int = 0) -> list[str]:
+    """The Rotten Tomatoes snippets plus 1/9 as many passages of 120-160 words cut from the
+    convention speeches (kept under 250 tokens), so 10 % of the draws are long."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    rng = random.Random(seed)
+    words = political_speeches().split()
+    longs: list[str] = []
+    while len(longs) < len(short) // 9:
+        n = rng.randint(120, 160)
+        start = rng.randrange(0, len(words) - n)
+        text = " ".join(words[start : start + n])
+        if len(tok(text)["input_ids"]) < 250:
+            longs.append(text)
+    return short + longs
 
 
 def _gen_rows(eos: set[int], rows: list[list[int]]) -> list[int]:
@@ -367,12 +397,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/serve_load")
+    ap.add_argument(
+        "--replicas", type=int, default=2, help="replica rows: N processes behind a front (0: none)"
+    )
+    ap.add_argument("--mix", choices=("rt", "skewed"), default="rt", help="request texts (see above)")
     args = ap.parse_args()
     if args.generate:
         return generate_main(args)
     rates = [float(r) for r in args.rates.split(",")]
     field = "image" if args.images else "text"
     texts = _mnist_pngs() if args.images else list(rotten_tomatoes(seed=0).test.texts)
+    if args.mix == "skewed" and not args.images:
+        texts = _skewed_texts(texts, Path(args.artifact) / "tokenizer")
     configs = {k: CONFIGS[k] for k in ("batch-1", "dynamic")} if args.images else CONFIGS
     results: dict[str, list[dict[str, Any]]] = {}
     if args.images:
@@ -383,22 +419,41 @@ def main() -> int:
             flush=True,
         )
         results["runtime alone (ms per image)"] = [alone]
-    for name, policy in configs.items():
+    # (name, server, replicas behind it): the single-process servers, then the replica fronts
+    servers: list[tuple[str, Any, int]] = [
+        (name, lambda p=policy: ServerThread(build_app(args.artifact, policy=p, threads=args.threads)), 0)
+        for name, policy in configs.items()
+    ]
+    n_rep = 0 if args.images else args.replicas
+    for routing in ("round-robin", "least-queue") if n_rep > 0 else ():
+        front = FrontConfig(
+            replicas=n_rep,
+            routing=routing,
+            threads=max(1, args.threads // n_rep),
+            policy=CONFIGS["dynamic + adaptive buckets"],
+        )
+        servers.append(
+            (
+                f"{n_rep} replicas, {routing}",
+                lambda f=front: ServerThread(create_front(ReplicaSet(args.artifact, f))),
+                n_rep,
+            )
+        )
+    for name, make_server, behind in servers:
         results[name] = []
-        app = build_app(args.artifact, policy=policy, threads=args.threads)
-        with ServerThread(app) as server:
+        with make_server() as server:
             asyncio.run(_open_loop(server.url, texts, 20, 1.0, 99, field))  # warm the connections
             for i, rate in enumerate(rates):
-                pad0, real0 = _tokens(server.url)
+                pad0, real0 = _tokens(server.url, behind)
                 r = asyncio.run(_open_loop(server.url, texts, rate, args.seconds, i, field))
-                pad1, real1 = _tokens(server.url)
+                pad1, real1 = _tokens(server.url, behind)
                 computed = (pad1 - pad0) + (real1 - real0)
                 r["padding_share"] = (pad1 - pad0) / computed if computed else None
                 results[name].append(r)
                 print(
                     f"{name:28s} rate {rate:6.0f}/s: {r['throughput']:6.1f}/s, p50 {r['p50_ms']:7.1f} ms, "
                     f"p95 {r['p95_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, rejected {r['rejected']}, "
-                    f"lost {r['lost']}, "
+                    f"errors {r['errors']}, lost {r['lost']}, "
                     f"padding {r['padding_share'] if r['padding_share'] is not None else float('nan'):.3f}",
                     flush=True,
                 )
@@ -438,6 +493,21 @@ def main() -> int:
                 )
             else:
                 print(f"| {name} | - | - | - | - |")
+    if n_rep > 0:  # the replica rows side by side, rate by rate
+        rr, lq = results[f"{n_rep} replicas, round-robin"], results[f"{n_rep} replicas, least-queue"]
+        print(
+            f"\n{n_rep} replicas ({args.mix} lengths): p95 / p99 ms, throughput; round-robin vs least-queue"
+        )
+        print(
+            "| offered rate | round-robin p95 | least-queue p95 | round-robin p99 | least-queue p99 "
+            "| round-robin /s | least-queue /s |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for a, b in zip(rr, lq, strict=False):
+            print(
+                f"| {a['rate']:.0f}/s | {a['p95_ms']:.1f} | {b['p95_ms']:.1f} | {a['p99_ms']:.1f} | "
+                f"{b['p99_ms']:.1f} | {a['throughput']:.1f} | {b['throughput']:.1f} |"
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps({"cpu": cpu_model(), "results": results}, indent=1))

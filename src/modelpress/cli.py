@@ -543,6 +543,19 @@ def serve(
     max_running: Annotated[
         int, typer.Option("--max-running", help="Causal LMs: generations decoded together per step.")
     ] = 16,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            help="Server processes behind one front (1: one process); --threads is then per replica.",
+        ),
+    ] = 1,
+    routing: Annotated[
+        str,
+        typer.Option(
+            "--routing", help="With --replicas: least-queue (fewest in flight), round-robin, power-of-two."
+        ),
+    ] = "least-queue",
 ) -> None:
     """Serve an artifact over HTTP: a classifier / encoder with dynamic batching (POST /v1/classify,
     /v1/embed) or a causal LM with continuous batching (POST /v1/generate); /health, /ready, /metrics."""
@@ -557,6 +570,24 @@ def serve(
             max_queue=max_queue,
         )
         decode = DecodePolicy(max_running=max_running, max_queue=max_queue)
+        if replicas != 1:  # a front and N replica processes (docs/serving.md, "Replicas")
+            from .serve.replicas import FrontConfig, serve_replicas
+
+            front = FrontConfig(
+                replicas=replicas,
+                routing=routing,
+                threads=threads,
+                policy=policy,
+                decode=decode,
+                deadline_s=deadline_s,
+            )
+            console.print(
+                f"serving {artifact} on http://{host}:{port}: {replicas} replicas x {front.replica_threads} "
+                f"threads, {routing} routing (docs/serving.md)",
+                highlight=False,
+            )
+            serve_replicas(artifact, host=host, port=port, config=front)
+            return
         console.print(f"serving {artifact} on http://{host}:{port} (docs/serving.md)", highlight=False)
         run_server(
             artifact,
