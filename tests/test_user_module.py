@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import modelpress as mp
 from modelpress.errors import DataError
+from modelpress.formats.sparse import SparseTensor
 from modelpress.methods.distillation.distill import DistillConfig
 from modelpress.methods.structured.channels import PruneChannelsConfig
 from user_models import PReLUNet, TinyEncoder, accuracy_on, image_data, image_loader, token_loader
@@ -22,6 +23,12 @@ from user_models import PReLUNet, TinyEncoder, accuracy_on, image_data, image_lo
 def net() -> PReLUNet:
     torch.manual_seed(0)
     return PReLUNet().eval()
+
+
+@pytest.fixture
+def encoder() -> TinyEncoder:
+    torch.manual_seed(0)
+    return TinyEncoder().eval()
 
 
 def _roundtrip(model: nn.Module, path, fresh: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -172,6 +179,53 @@ def test_small_transformer_modules_take_a_plain_dataloader(tmp_path, tiny_bert):
         # model= works for a transformers artifact too: the instance stands for the base
         fresh = type(tiny_bert)(tiny_bert.config)
         assert torch.equal(mp.load(tmp_path / "bert", model=fresh)(**inputs).logits, want)
+
+
+def test_prune_fine_tunes_a_small_transformer_with_the_users_loss(tmp_path, encoder):
+    loader = token_loader()
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        ids, y = batch
+        return nn.functional.cross_entropy(model(ids), y)
+
+    small = mp.compress(encoder, "prune-50", data=loader, loss_fn=loss_fn, progress=False)
+    assert len(calls) == len(loader)  # one epoch, one step per batch
+    loaded = _roundtrip(small, tmp_path / "a", TinyEncoder(), next(iter(loader))[0])
+    # prune-50 takes Linears and embeddings; torch's encoder layers read their Linears' weights
+    # directly and the head is the output layer, so the embedding is what it prunes
+    for model in (small, loaded):
+        weight = model.embed.weight
+        assert isinstance(weight, SparseTensor) and weight.n_values == weight.numel() // 2
+        assert (weight.decode() == 0).sum() >= weight.numel() // 2
+        assert weight.stored_nbytes() < 0.6 * weight.numel() * 4  # float32 dense
+    assert type(small.encoder.layers[0].linear1) is nn.Linear
+
+
+def test_distillation_into_a_users_small_transformer(tmp_path, encoder):
+    loader = token_loader()
+
+    def gap_to_teacher(model: nn.Module) -> float:  # KL(teacher || model) over the data
+        with torch.no_grad():
+            return sum(
+                nn.functional.kl_div(
+                    model(ids).log_softmax(-1),
+                    encoder(ids).log_softmax(-1),
+                    reduction="batchmean",
+                    log_target=True,
+                ).item()
+                for ids, _ in loader
+            )
+
+    torch.manual_seed(1)
+    student = TinyEncoder(dim=16)
+    before = gap_to_teacher(student)
+    config = DistillConfig(student="input", alpha=1.0, epochs=1, lr=1e-2)  # soft targets only
+    trained = mp.compress(student, config, data=loader, teacher=encoder, progress=False)
+    assert gap_to_teacher(trained) < 0.75 * before
+    assert gap_to_teacher(student) == before  # the input is untouched
+    _roundtrip(trained, tmp_path / "a", TinyEncoder(dim=16), next(iter(loader))[0])
 
 
 def test_bad_data_gets_one_clear_error(net):
