@@ -29,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ __all__ = [
     "RayServer",
     "import_ray",
     "ray_application",
+    "run_until_interrupted",
     "serve_ray",
 ]
 
@@ -230,7 +233,7 @@ class RayServer:
 
     A local Ray listens on 127.0.0.1 only (``_node_ip_address``), without its dashboard, and is
     stopped by :meth:`close` (Serve first: the replicas drain). ``port=0`` picks a free port.
-    ``num_cpus`` caps the CPUs a local Ray schedules (None: all of this machine's)."""
+    ``num_cpus``: the CPUs a local Ray schedules (None: what the replicas reserve)."""
 
     def __init__(
         self,
@@ -245,7 +248,12 @@ class RayServer:
     ) -> None:
         self.artifact, self.config = artifact, config or RayConfig()
         self.host, self.port, self.address = host, port, address
+        if num_cpus is None and address is None:  # what the replicas reserve, no idle workers beyond
+            per = self.config.replica_threads if self.config.num_cpus is None else self.config.num_cpus
+            num_cpus = max(1, math.ceil(self.config.replicas * per))
         self.num_cpus, self.temp_dir = num_cpus, temp_dir
+        # checks the extra, the config and the artifact's path before anything starts
+        self.app = ray_application(artifact, self.config, loopback=address is None)
         self.url = ""
         self._started_ray = False
         self._own_temp: str | None = None
@@ -253,8 +261,6 @@ class RayServer:
 
     def start(self) -> RayServer:
         ray, serve = import_ray()
-        # raises before anything starts
-        app = ray_application(self.artifact, self.config, loopback=self.address is None)
         if ray.is_initialized():
             raise ModelpressError("Ray is already initialized in this process: call ray.shutdown() first")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
@@ -285,7 +291,7 @@ class RayServer:
                 proxy_location="HeadOnly",
             )
             try:  # returns once every replica is up: its model loaded and warmed up
-                serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+                serve.run(self.app, name=APP_NAME, route_prefix="/", blocking=False)
             except RuntimeError as e:  # a replica could not start (Ray's message says why)
                 raise ModelpressError(f"the Ray Serve deployment failed: {e}") from None
             self._wait_running(serve)
@@ -344,18 +350,9 @@ class RayServer:
         self.close()
 
 
-def serve_ray(
-    artifact: str | os.PathLike,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    config: RayConfig | None = None,
-    address: str | None = None,
-    on_ready: Any = None,
-) -> None:
-    """Serve ``artifact`` on Ray Serve until interrupted (Ctrl-C or SIGTERM), then shut Serve and
-    the local Ray down. ``on_ready(url)`` is called once every replica is up."""
-    server = RayServer(artifact, config, host=host, port=port, address=address)
+def run_until_interrupted(server: RayServer, on_ready: Callable[[str], None] | None = None) -> None:
+    """Start ``server``, call ``on_ready(url)`` once every replica is up, serve until Ctrl-C or
+    SIGTERM, then shut Serve (the replicas drain) and the local Ray down."""
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -372,3 +369,16 @@ def serve_ray(
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.close()
+
+
+def serve_ray(
+    artifact: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: RayConfig | None = None,
+    address: str | None = None,
+) -> None:
+    """Serve ``artifact`` on Ray Serve (a local Ray, or the cluster at ``address``) until
+    interrupted; see :class:`RayServer`."""
+    run_until_interrupted(RayServer(artifact, config, host=host, port=port, address=address))
