@@ -168,15 +168,15 @@ def ray_application(
     """The Ray Serve application (``serve.run`` it): ``config.replicas`` replicas of the
     artifact's server. The artifact's path must be readable on every node a replica runs on.
     ``loopback``: a single-machine Ray (every replica server on 127.0.0.1)."""
+    cfg = config or RayConfig()
+    path = Path(artifact).resolve()
+    if not path.is_dir():
+        raise ArtifactError(f"{artifact}: not an artifact directory (modelpress compress / save / export)")
     _, serve = import_ray()
     from ray.serve.config import BackpressureConfig
 
     from .worker import worker_config
 
-    cfg = config or RayConfig()
-    path = Path(artifact).resolve()
-    if not path.is_dir():
-        raise ArtifactError(f"{artifact}: not an artifact directory (modelpress compress / save / export)")
     threads = cfg.replica_threads
     settings = json.loads(worker_config(cfg.policy, cfg.decode, cfg.deadline_s, threads))
     deployment = serve.deployment(
