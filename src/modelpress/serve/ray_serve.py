@@ -14,11 +14,13 @@ What Ray adds and how it is set here (docs/serving.md, "Ray Serve"):
 - ``max_ongoing_requests`` per replica: what the router lets a replica hold at once. Ray's
   default (5) would starve the batcher; it is twice the larger of ``max_batch_size`` and
   ``max_running`` (one batch running, one filling), at most the replica's ``max_queue``.
+- each replica reserves its threads as Ray CPUs and runs the model on that many threads.
+- a local Ray listens on 127.0.0.1 only (``_single_machine``, ``_replica_grpc_on_loopback``).
 - ``max_queued_requests``: requests waiting at the proxy for a replica; past it, 503 with
   ``Retry-After`` (``backpressure_config``), like the local server's full queue.
 - ``request_timeout_s`` of the proxy: the deadline plus a margin (the app answers 504 first).
-- a replica that dies is restarted by Ray's controller; its requests in flight fail (Ray
-  answers 500), they are not retried by modelpress.
+- a replica that dies is restarted by Ray's controller; what its requests in flight get is
+  Ray's answer (not the ``--replicas`` front's 503 naming the replica; not tested here).
 
 Ray is imported lazily: ``modelpress.serve`` imports without it; without the extra every entry
 point here raises one :class:`RayNotInstalled` sentence naming ``pip install 'modelpress[ray]'``.
