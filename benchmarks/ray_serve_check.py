@@ -13,9 +13,9 @@ Ray's power-of-two-choices router), both with dynamic batching + adaptive bucket
 2. **the load**: the open-loop Poisson client of ``serve_load.py`` (same seed: the same texts
    at the same times) at ``--rate`` for ``--seconds``; request by request the labels are
    compared and the largest score difference printed. Under load the batches differ (which
-   texts share a batch, how much padding, int8 activation scales over the batch), so scores
-   may differ in the last digits; the local server run again after the Ray run gives the same
-   kind of spread, printed as a baseline.
+   texts share a batch, how much padding; on a kernel with one activation scale per batch,
+   such as fbgemm's dynamic int8 linear, that scale too), so scores may differ; the local
+   server run again after the Ray run gives the same kind of spread, printed as a baseline.
 
 Kernel timing is off (``MODELPRESS_AUTOTUNE=0``, the highest-priority kernel of each op) so
 that every process runs the same kernels. Bounded: ``--seconds`` x ``--rate`` requests per run

@@ -1,8 +1,8 @@
 """modelpress serve --ray: ``modelpress serve ARTIFACT --ray --replicas 2`` as a process (a local
 Ray on 127.0.0.1, Ray Serve's proxy and router, 2 replicas of the tiny classifier) against the
 local server of ``build_app`` in this process: the same answers, byte for byte, one request at a
-time; the same labels under concurrent load; the same 4xx / 503 for bad input and overload; and
-after Ctrl-C no Ray process left and nothing listening beyond loopback. Needs the ``ray`` extra
+time; the same scores (to batching noise) under concurrent load; the same 4xx / 503 for bad
+input and overload; and after Ctrl-C no Ray process left and nothing listening beyond loopback. Needs the ``ray`` extra
 (installed by the README's set-up); without it the module is skipped with that reason."""
 
 import asyncio
@@ -143,8 +143,12 @@ def test_the_ray_deployment_answers_as_the_local_server(on_ray, local):
         return [r.json() for r in rs]
 
     got, want = asyncio.run(concurrently(url)), asyncio.run(concurrently(local.url))
-    for g, w in zip(got, want, strict=True):  # batched and padded with other texts: int8 activations
-        assert g["label"] == w["label"] and abs(g["score"] - w["score"]) < 2e-2
+    # batched and padded with other texts, not the same ones in both: with timing off the int8
+    # linears run on fbgemm, whose activation scale is the batch's (the random model's scores
+    # are near 0.5, so a label may flip: the scores are what is compared)
+    for g, w in zip(got, want, strict=True):
+        assert g["scores"].keys() == w["scores"].keys()
+        assert all(abs(g["scores"][k] - w["scores"][k]) < 2e-2 for k in w["scores"])
 
 
 @pytest.mark.parametrize(
