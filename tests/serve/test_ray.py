@@ -2,8 +2,9 @@
 Ray on 127.0.0.1, Ray Serve's proxy and router, 2 replicas of the tiny classifier) against the
 local server of ``build_app`` in this process: the same answers, byte for byte, one request at a
 time; the same scores (to batching noise) under concurrent load; the same 4xx / 503 for bad
-input and overload; and after Ctrl-C no Ray process left and nothing listening beyond loopback. Needs the ``ray`` extra
-(installed by the README's set-up); without it the module is skipped with that reason."""
+input and overload; and after Ctrl-C no Ray process left and nothing listening beyond
+loopback. Needs the ``ray`` extra (installed by the README's set-up); without it the module is
+skipped with that reason."""
 
 import asyncio
 import os
