@@ -21,7 +21,7 @@ STAMP := $(VENV)/.modelpress-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
-	$(PIP) install -q -e ".[dev,onnx,serve,vision]"
+	$(PIP) install -q -e ".[dev,onnx,serve,vision,ray]"
 	$(PIP) install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 

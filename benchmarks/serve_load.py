@@ -79,8 +79,16 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _open_loop(
-    url: str, texts: list[str], rate: float, seconds: float, seed: int, field: str = "text"
+    url: str,
+    texts: list[str],
+    rate: float,
+    seconds: float,
+    seed: int,
+    field: str = "text",
+    answers: dict[int, tuple[int, bytes]] | None = None,
 ) -> dict[str, Any]:
+    """One open-loop Poisson run; the same ``seed`` sends the same texts at the same times.
+    ``answers``, when given, receives (status, body) per request index (no answer: absent)."""
     rng = random.Random(seed)
     times, t = [], 0.0
     while t < seconds and len(times) < 4000:
@@ -92,7 +100,7 @@ async def _open_loop(
     async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
         start = time.perf_counter()
 
-        async def one(at: float, text: str) -> None:
+        async def one(i: int, at: float, text: str) -> None:
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -102,11 +110,13 @@ async def _open_loop(
                 key = str(r.status_code)
                 if r.status_code == 200:
                     lat.append(time.perf_counter() - t0)
+                if answers is not None:
+                    answers[i] = (r.status_code, r.content)
             except httpx.HTTPError:
                 key = "lost"
             codes[key] = codes.get(key, 0) + 1
 
-        await asyncio.gather(*(one(at, rng.choice(texts)) for at in times))
+        await asyncio.gather(*(one(i, at, rng.choice(texts)) for i, at in enumerate(times)))
         wall = time.perf_counter() - start
     ok = codes.get("200", 0)
     return {

@@ -20,6 +20,7 @@ from .errors import ConfigError, ModelpressError
 
 if TYPE_CHECKING:
     from .models.builtin import ImageOptions
+    from .serve.ray_serve import RayConfig
 
 app = typer.Typer(
     help="Compress PyTorch / Hugging Face models and measure what each method buys.",
@@ -556,9 +557,29 @@ def serve(
             "--routing", help="With --replicas: least-queue (fewest in flight), round-robin, power-of-two."
         ),
     ] = "least-queue",
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run --replicas N replicas as a Ray Serve deployment (Ray's queue-aware router) on a "
+            "local Ray on 127.0.0.1, or on --ray-address; needs pip install 'modelpress[ray]'.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --ray: join this running Ray cluster (e.g. ray://head:10001 or auto) instead of "
+            "starting a local Ray; the artifact path must exist on its nodes.",
+        ),
+    ] = None,
 ) -> None:
     """Serve an artifact over HTTP: a classifier / encoder with dynamic batching (POST /v1/classify,
     /v1/embed) or a causal LM with continuous batching (POST /v1/generate); /health, /ready, /metrics."""
+    if ray_address is not None and not ray:
+        raise _fail("--ray-address needs --ray")
+    if ray and routing != "least-queue":
+        raise _fail("--routing is for --replicas without --ray; on Ray, Ray Serve's router picks")
     try:
         from .serve import BatchPolicy, DecodePolicy
         from .serve import serve as run_server
@@ -570,6 +591,14 @@ def serve(
             max_queue=max_queue,
         )
         decode = DecodePolicy(max_running=max_running, max_queue=max_queue)
+        if ray:  # a Ray Serve deployment (docs/serving.md, "Ray Serve")
+            from .serve.ray_serve import RayConfig
+
+            on_ray = RayConfig(
+                replicas=replicas, threads=threads, policy=policy, decode=decode, deadline_s=deadline_s
+            )
+            _serve_on_ray(artifact, on_ray, host=host, port=port, address=ray_address)
+            return
         if replicas != 1:  # a front and N replica processes (docs/serving.md, "Replicas")
             from .serve.replicas import FrontConfig, serve_replicas
 
@@ -602,6 +631,37 @@ def serve(
         raise _fail(e) from None
     except ImportError as e:
         raise _fail(f"serving needs the serve extra (pip install 'modelpress[serve]'): {e}") from None
+
+
+def _serve_on_ray(artifact: Path, config: RayConfig, *, host: str, port: int, address: str | None) -> None:
+    """``modelpress serve --ray``: start (or join) Ray, deploy, say where, block until Ctrl-C."""
+    from .serve.ray_serve import RayServer, run_until_interrupted
+
+    # the extra, the options and the artifact's path are checked before anything starts
+    server = RayServer(artifact, config, host=host, port=port, address=address)
+    for name in ("ray", "ray.serve"):  # their INFO lines would bury ours
+        logging.getLogger(name).setLevel(logging.WARNING)
+    where = f"the Ray cluster at {address}" if address else "a local Ray on 127.0.0.1 (dashboard off)"
+    n = config.replica_threads
+    err.print(
+        f"starting {config.replicas} Ray Serve replica(s) of {artifact} on {where}: "
+        f"{n} thread{'s' if n != 1 else ''} each, up to {config.ongoing} requests in flight per replica, "
+        "Ray's power-of-two-choices router (docs/serving.md, Ray Serve)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+    def ready(url: str) -> None:
+        console.print(
+            f"serving {artifact} on {url} ({config.replicas} replica(s) on Ray Serve; Ctrl-C stops)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    run_until_interrupted(server, on_ready=ready)
+    err.print(
+        "stopped: Ray Serve" + ("" if address else " and the local Ray") + " shut down", highlight=False
+    )
 
 
 @app.command()

@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 import torch
+from procs import alive
 
 import modelpress as mp
 from modelpress.serve import BatchPolicy, DecodePolicy, ServerThread
@@ -91,22 +92,6 @@ def test_least_queue_beats_round_robin_on_p95_under_skewed_lengths_in_a_simulati
 
 
 @pytest.fixture(scope="module")
-def cls_artifact(tmp_path_factory, bert_config, minilm_dir):
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = bert_config.__class__(**bert_config.to_dict())
-    cfg.id2label, cfg.label2id = {0: "rotten", 1: "fresh"}, {"rotten": 0, "fresh": 1}
-    base = BertForSequenceClassification(cfg).eval()
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    return mp.save(
-        mp.compress(base, "int8-dynamic"),
-        tmp_path_factory.mktemp("replicas") / "cls",
-        extras={"tokenizer": lambda d: tok.save_pretrained(str(d))},
-    )
-
-
-@pytest.fixture(scope="module")
 def cls_front(cls_artifact):
     cfg = FrontConfig(
         replicas=2,
@@ -118,25 +103,6 @@ def cls_front(cls_artifact):
     with ServerThread(create_front(replicas)) as server:
         yield server, replicas
     assert not alive(replicas.pids())
-
-
-def alive(pids: list[int]) -> list[int]:
-    """The processes among ``pids`` still running (a zombie waiting to be reaped is not)."""
-    out = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    out.append(pid)
-        except FileNotFoundError:
-            pass
-        except OSError:  # no /proc: ask the process
-            try:
-                os.kill(pid, 0)
-                out.append(pid)
-            except ProcessLookupError:
-                pass
-    return out
 
 
 def test_the_front_answers_as_one_server_and_spreads_the_requests(cls_front, cls_artifact):

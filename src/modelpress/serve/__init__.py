@@ -5,7 +5,9 @@ go together, length buckets that follow the traffic; who joins the running batch
 LM at the next decode step), ``runtime`` (runs a loaded artifact or ONNX export on its
 kernels: classification and embeddings, or generation with continuous batching) and ``app``
 (FastAPI over uvicorn, HTTP only). Needs the
-``serve`` extra (installed by the README's set-up).
+``serve`` extra (installed by the README's set-up). Scale-out: ``replicas`` (N processes behind a
+front, one machine) and ``ray_serve`` (the same app as a Ray Serve deployment; the ``ray``
+extra, imported only there).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "watch_parent", "worker_config"]
+__all__ = ["main", "read_worker_config", "watch_parent", "worker_config"]
 
 
 def worker_config(policy: Any, decode: Any, deadline_s: float, threads: int) -> str:
@@ -38,6 +38,17 @@ def worker_config(policy: Any, decode: Any, deadline_s: float, threads: int) -> 
             "threads": threads,
         }
     )
+
+
+def read_worker_config(cfg: str | dict[str, Any]) -> tuple[Any, Any, float, int]:
+    """``(BatchPolicy, DecodePolicy, deadline_s, threads)`` from :func:`worker_config`'s JSON
+    (or that JSON parsed): what a replica builds its app with (here and on Ray Serve)."""
+    from .batcher import BatchPolicy, DecodePolicy
+
+    d = json.loads(cfg) if isinstance(cfg, str) else cfg
+    pol = dict(d["policy"])
+    pol["boundaries"] = tuple(pol.get("boundaries", ()))
+    return BatchPolicy(**pol), DecodePolicy(**d["decode"]), float(d["deadline_s"]), int(d["threads"])
 
 
 def watch_parent(parent: int, *, interval_s: float = 0.25, grace_s: float = 10.0) -> threading.Thread:
@@ -76,18 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from . import build_app
-        from .batcher import BatchPolicy, DecodePolicy
 
-        cfg = json.loads(args.config)
-        pol = dict(cfg["policy"])
-        pol["boundaries"] = tuple(pol.get("boundaries", ()))
-        app = build_app(
-            args.artifact,
-            policy=BatchPolicy(**pol),
-            decode=DecodePolicy(**cfg["decode"]),
-            deadline_s=float(cfg["deadline_s"]),
-            threads=int(cfg["threads"]),
-        )
+        policy, decode, deadline_s, threads = read_worker_config(args.config)
+        app = build_app(args.artifact, policy=policy, decode=decode, deadline_s=deadline_s, threads=threads)
     except (ModelpressError, OSError) as e:  # one sentence for the front to report
         if args.error_file:
             Path(args.error_file).write_text(str(e), encoding="utf-8")
