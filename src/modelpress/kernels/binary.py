@@ -15,9 +15,9 @@
   LM decode) and ``ternary_fbgemm`` (fbgemm's dynamic W8A8 linear; many rows). They
   multiply (int8 GEMMs), which on CPUs is faster than any add/subtract loop written in
   torch ops; ``ternary_avx2`` runs the same int8 view through modelpress's own AVX2 int8
-  GEMM (``int8.py``: exact int8 activations, for a few rows); a multiplication-free (LUT / add-subtract) kernel needs native code and is
-  not built. Everything else (per-group binary scales ...) takes ``fbgemm_requant`` or the
-  reference, as every weight-only format does.
+  GEMM (``int8.py``: exact int8 activations, for a few rows); a multiplication-free (LUT /
+  add-subtract) kernel is not built. Everything else (per-group binary scales ...) takes
+  ``fbgemm_requant`` or the reference, as every weight-only format does.
 """
 
 from __future__ import annotations

@@ -38,6 +38,19 @@ def _plain_int8(fmt: CompressedTensor) -> bool:
     )
 
 
+# Without VNNI, _int_mm runs ~10x slower than the fp32 matmul (RESULTS §22): beyond a few rows
+# the autotuner does not time it there (at 2,048 rows of an LM head one call takes ~30 s); it
+# still runs where it is forced.
+INT_MM_NO_VNNI_MAX_ROWS = 64
+
+
+def _int_mm_slow_here(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    from ..machine import has_vnni
+
+    rows = x.numel() // max(1, int(fmt.shape[-1])) if fmt.shape else 0
+    return x.device.type == "cpu" and rows > INT_MM_NO_VNNI_MAX_ROWS and not has_vnni()
+
+
 def _int_mm_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
     if not _plain_int8(fmt):
         return False
@@ -93,7 +106,17 @@ def _embedding(state: None, ids: torch.Tensor, fmt: AffineQuantized) -> torch.Te
 
 
 # per-token activation quantization: a few 0.1 % relative error against the float reference
-register_kernel(Kernel("int_mm", "linear_a8", ("affine",), _linear_a8, supports=_int_mm_ok, tolerance=0.05))
+register_kernel(
+    Kernel(
+        "int_mm",
+        "linear_a8",
+        ("affine",),
+        _linear_a8,
+        supports=_int_mm_ok,
+        tolerance=0.05,
+        known_slow=_int_mm_slow_here,
+    )
+)
 register_kernel(
     Kernel(
         "int_mm",
@@ -150,6 +173,7 @@ register_kernel(
         prepare=_requant,
         supports=_requant_ok,
         tolerance=REQUANT_TOLERANCE,
+        known_slow=_int_mm_slow_here,
     )
 )
 
@@ -228,6 +252,7 @@ register_kernel(
         supports=lambda fmt, x: _int_mm_ok(fmt, x) and _fused_ok(fmt, x),
         priority=1,
         tolerance=0.05,
+        known_slow=_int_mm_slow_here,
     )
 )
 register_kernel(
@@ -240,6 +265,7 @@ register_kernel(
         supports=lambda fmt, x: _requant_ok(fmt, x) and _requant_fused_ok(fmt, x),
         priority=1,
         tolerance=REQUANT_TOLERANCE,
+        known_slow=_int_mm_slow_here,
     )
 )
 
