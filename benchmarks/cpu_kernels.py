@@ -135,7 +135,19 @@ _SHAPES = [
 ]
 
 
-def part_layers(rounds: int) -> None:
+def _layer_method(name: str) -> Any:
+    """A preset name, or ``ternary-b158`` / ``binary-bwn`` on every layer: a lone Linear is
+    its own output layer, which the binarization presets keep in float."""
+    from modelpress.methods.binary import BinaryConfig, TernaryConfig
+
+    if name == "ternary-b158":
+        return TernaryConfig(keep_head=False, keep_first=False)
+    if name == "binary-bwn":
+        return BinaryConfig(keep_head=False, keep_first=False)
+    return name
+
+
+def part_layers(rounds: int, methods: list[str]) -> None:
     import modelpress as mp
     from modelpress import kernels
 
@@ -146,7 +158,9 @@ def part_layers(rounds: int) -> None:
             lin = nn.Sequential(nn.Linear(k, n)).eval()
             x = torch.randn(rows_n, k)
             contenders: dict[str, nn.Module] = {"torch fp32": lin}
-            contenders.update(modelpress_rows(lin, ["int8-dynamic", "int8-weight", "int4-g128"], saved=False))
+            for name in methods:
+                c = mp.compress(copy.deepcopy(lin), _layer_method(name), progress=False)
+                contenders[f"modelpress {name}"] = c
             contenders["torch dynamic (fbgemm)"] = torch_dynamic(lin)
             for kind in ("int8-dyn", "int8-wo", "int4-wo"):
                 m = torchao(lin, kind)
@@ -368,6 +382,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--smollm2-methods", default="int8-dynamic,int8-weight,int4-g128,cluster-4bit")
+    ap.add_argument(
+        "--layer-methods",
+        default="int8-dynamic,int8-weight,int4-g128",
+        help="modelpress rows of the layers part (also ternary-b158, binary-bwn: on the lone Linear)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from modelpress.bench.env import tune_allocator
@@ -380,7 +399,7 @@ def main() -> int:
     )
     parts = args.parts.split(",")
     if "layers" in parts:
-        part_layers(args.rounds)
+        part_layers(args.rounds, [m for m in args.layer_methods.split(",") if m])
     if "minilm" in parts:
         part_minilm(args.rounds, args.threads)
     if "smollm2" in parts:

@@ -124,7 +124,10 @@ def test_prune_fine_tunes_with_the_users_loss(tmp_path, net):
     _roundtrip(small, tmp_path / "a", PReLUNet(), x)
 
 
-def test_fine_tuning_keeps_the_best_epoch_by_eval_fn(net):
+def test_fine_tuning_keeps_the_best_epoch_by_eval_fn(net, monkeypatch):
+    # the test compares epochs, not kernels: a re-quantizing kernel chosen for the final
+    # model (on AVX2, fbgemm's 7-bit activations) may flip one of the 64 images
+    monkeypatch.setenv("MODELPRESS_KERNELS", "linear=reference,conv=reference")
     loader = image_loader()
     scores = []
 

@@ -177,3 +177,54 @@ def test_an_unwritable_cache_dir_keeps_choices_in_memory(tmp_path, monkeypatch, 
         kernels.run(_OP, torch.randn(2, 16), _fmt())
     assert "cannot write the kernel cache" in caplog.text
     assert kernels.chosen(_OP, _fmt(), torch.randn(2, 16)).name == "fast"
+
+
+def test_a_kernel_known_slow_here_is_not_timed_but_can_be_forced():
+    calls = {"slow": 0}
+
+    def slow(state, x, fmt):
+        calls["slow"] += 1
+        return F.linear(x, fmt.decode())
+
+    _register(("reference", -1000, _slow_ref), ("fast", 5, _ref))
+    kernels.register_kernel(
+        kernels.Kernel(
+            "slow",
+            _OP,
+            ("affine",),
+            slow,
+            priority=10,
+            tolerance=1e-3,
+            known_slow=lambda f, x: x.shape[0] > 4,
+        )
+    )
+    fmt = _fmt()
+    kernels.run(_OP, torch.randn(8, 16), fmt)
+    assert calls["slow"] == 0 and kernels.chosen(_OP, fmt, torch.randn(8, 16)).name == "fast"
+    rec = next(r for k, r in autotune.records().items() if k.startswith(_OP) and "rows<=16" in k)
+    assert "not timed" in rec["rejected"]["slow"]
+    kernels.run(_OP, torch.randn(2, 16), fmt)  # not known slow at 2 rows: timed
+    assert calls["slow"] > 0
+    kernels.force(_OP, "slow")
+    try:
+        n = calls["slow"]
+        kernels.run(_OP, torch.randn(8, 16), fmt)
+        assert calls["slow"] == n + 1
+    finally:
+        kernels.force(_OP, None)
+
+
+def test_a_candidate_far_slower_at_its_first_call_is_not_timed_further(monkeypatch):
+    calls = {"slow": 0}
+
+    def slow(state, x, fmt):
+        calls["slow"] += 1
+        time.sleep(0.05)
+        return F.linear(x, fmt.decode())
+
+    monkeypatch.setattr(autotune, "_SLOWER_S", 0.01)
+    _register(("reference", -1000, _ref), ("fast", 10, _ref), ("slow", 5, slow))
+    kernels.run(_OP, torch.randn(3, 16), _fmt())
+    (rec,) = [r for k, r in autotune.records().items() if k.startswith(_OP)]
+    assert rec["kernel"] in ("fast", "reference") and calls["slow"] == 1
+    assert rec["rejected"]["slow"].startswith("slower:")

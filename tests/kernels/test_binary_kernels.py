@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from modelpress import kernels
-from modelpress.formats import BinaryTensor, TernaryTensor
-from modelpress.kernels import dispatch
+from modelpress.formats import AffineQuantized, BinaryTensor, TernaryTensor
+from modelpress.kernels import dispatch, ext
 from modelpress.kernels.binary import binarize_input
+from modelpress.kernels.int8 import AVX2_MAX_ROWS, _linear_a8
 from modelpress.nn.binary import XnorLinear
 
 
@@ -79,11 +80,17 @@ _INT8_CASES = [
 
 
 @pytest.mark.parametrize("case", _INT8_CASES, ids=[c[0] for c in _INT8_CASES])
-@pytest.mark.parametrize("kernel, tol", [("ternary_int8pack", 0.01), ("ternary_fbgemm", 0.03)])
+@pytest.mark.parametrize(
+    "kernel, tol", [("ternary_int8pack", 0.01), ("ternary_fbgemm", 0.03), ("ternary_avx2", 0.03)]
+)
 @pytest.mark.parametrize("n", [1, 5, 70])
 def test_int8_weight_kernels_agree(case, kernel, tol, n):
     if not any(k.name == kernel for k in kernels.KERNELS["linear"]):
         pytest.skip(f"{kernel} is not available in this torch")
+    if kernel == "ternary_avx2" and not (ext.available() and ext.load().has_avx2()):
+        pytest.skip("the AVX2 kernels need the C++ extension and a CPU with AVX2")
+    if kernel == "ternary_avx2" and n > AVX2_MAX_ROWS:
+        n = AVX2_MAX_ROWS  # a kernel for a few rows
     w = torch.randn(48, 96, generator=torch.Generator().manual_seed(0)) * 0.05
     fmt = case[1](w)
     x, bias = _x(n, 96), torch.randn(48)
@@ -91,6 +98,16 @@ def test_int8_weight_kernels_agree(case, kernel, tol, n):
     out = _pinned("linear", kernel, x, fmt, bias=bias)
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert _rel(out, ref) < tol
+
+
+def test_ternary_avx2_is_bitwise_the_int8_kernel_on_the_codes():
+    if not (ext.available() and ext.load().has_avx2()):
+        pytest.skip("the AVX2 kernels need the C++ extension and a CPU with AVX2")
+    fmt = TernaryTensor.encode(torch.randn(37, 83, generator=torch.Generator().manual_seed(2)))
+    q, s = fmt.int_values().to(torch.int8), fmt.scale.float().reshape(-1)
+    x = _x(3, 83)
+    want = _linear_a8(None, x, AffineQuantized(fmt.shape, qdata=q, scale=s.reshape(-1, 1), bits=8))
+    assert torch.equal(_pinned("linear", "ternary_avx2", x, fmt), want)
 
 
 def test_int8pack_refuses_widths_it_cannot_run():

@@ -13,8 +13,9 @@ from modelpress.kernels import dispatch, ext
 from modelpress.primitives.quant import quantize_per_token_int8
 
 # the C++ kernels (kernels/ext.py) are candidates only where they are built
-_FUSED = ["int_mm_fused"] if ext.available() else []
-_RQ_FUSED = ["int_mm_requant_fused"] if ext.available() else []
+_AVX2 = ext.available() and bool(ext.load().has_avx2())
+_FUSED = (["int_mm_fused"] if ext.available() else []) + (["int8_avx2"] if _AVX2 else [])
+_RQ_FUSED = (["int_mm_requant_fused"] if ext.available() else []) + (["int8_requant_avx2"] if _AVX2 else [])
 _TEST_OP = "_test_dispatch_op"  # a throwaway op: registered here, removed after each test
 
 
@@ -206,7 +207,7 @@ def test_env_pin_of_unknown_kernel_is_a_config_error(monkeypatch):
     with pytest.raises(
         ConfigError,
         match=r"no kernel 'nope' for op 'linear_a8' "
-        r"\(known: fbgemm, int_mm_fused, int_mm, dense, reference\)",
+        r"\(known: fbgemm, int_mm_fused, int8_avx2, int_mm, dense, reference\)",
     ):
         kernels.linear_a8(_x(2), _int8())
 

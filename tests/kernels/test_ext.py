@@ -49,6 +49,76 @@ def test_fused_linear_a8_is_bitwise_the_eager_kernel(rows, shape, with_bias):
     assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
+needs_avx2 = pytest.mark.skipif(
+    not (ext.available() and ext.load().has_avx2()), reason="the AVX2 kernels need a CPU with AVX2"
+)
+
+
+@needs_avx2
+@pytest.mark.parametrize("rows", [1, 2, 3, 17, 64])
+@pytest.mark.parametrize("shape", [(5, 7), (96, 40), (33, 129), (1000, 64), (7, 1536)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_avx2_linear_a8_is_bitwise_the_eager_kernel(rows, shape, with_bias):
+    # odd output rows (the n % 4 tail), columns not a multiple of 16 (the scalar tail), one and
+    # an odd number of activation rows (the pairs' tail); integer sums are exact
+    fmt = AffineQuantized.encode(_w(*shape), 8)
+    x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(1)) * 3
+    x[0, 0] = 0.0
+    if rows > 2:
+        x[2] = 0.0
+    b = torch.randn(shape[0]) if with_bias else None
+    k = dispatch._by_name("linear_a8", "int8_avx2")
+    got = k.run(k.prepare(fmt), x, fmt, bias=b)
+    assert got.dtype == torch.float32 and torch.equal(got, _linear_a8(None, x, fmt, b))
+
+
+@needs_avx2
+def test_avx2_kernel_sums_extreme_integers_exactly():
+    # every product at +-127 * +-127 (the sums a saturating u8 x s8 kernel would clip)
+    w = torch.full((8, 4096), 127.0)
+    w[1::2] = -127.0
+    fmt = AffineQuantized.encode(w, 8)
+    x = torch.full((2, 4096), 5.0)
+    x[1] = -5.0
+    k = dispatch._by_name("linear_a8", "int8_avx2")
+    got = k.run(k.prepare(fmt), x, fmt)
+    assert torch.equal(got, _linear_a8(None, x, fmt))
+    assert torch.allclose(got, x @ w.t(), rtol=1e-5)
+
+
+@needs_avx2
+def test_avx2_kernel_is_for_a_few_rows_only():
+    from modelpress.kernels.int8 import AVX2_MAX_ROWS
+
+    fmt = AffineQuantized.encode(_w(12, 40), 8)
+    names = lambda rows: [k.name for k in kernels.candidates("linear_a8", fmt, torch.randn(rows, 40))]  # noqa: E731
+    assert "int8_avx2" in names(1) and "int8_avx2" in names(AVX2_MAX_ROWS)
+    assert "int8_avx2" not in names(AVX2_MAX_ROWS + 1)
+
+
+@needs_avx2
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        AffineQuantized.encode(_w(24, 96), 4, symmetric=False, group_size=32),
+        Codebook.from_codes(
+            (24, 96),
+            torch.randint(0, 8, (24 * 96,), generator=torch.Generator().manual_seed(3), dtype=torch.uint8),
+            torch.randn(24, 8),
+            bits=3,
+            granularity="channel",
+        ),
+    ],
+    ids=["int4-g32", "codebook-3bit"],
+)
+def test_avx2_requant_is_bitwise_the_eager_requant_kernel(fmt):
+    k = dispatch._by_name("linear", "int8_requant_avx2")
+    for x in (torch.randn(1, 96), torch.randn(2, 5, 96)):
+        want = _linear_requant(_requant(fmt), x, fmt, torch.ones(24))
+        got = k.run(k.prepare(fmt), x, fmt, bias=torch.ones(24))
+        assert got.shape == (*x.shape[:-1], 24) and torch.equal(got, want)
+
+
 @needs_ext
 @pytest.mark.parametrize(
     "fmt",
@@ -95,6 +165,9 @@ def test_fused_kernel_checks_its_inputs():
         )
     with pytest.raises(RuntimeError, match="wscale"):
         mod.linear_a8(torch.randn(2, 4), torch.zeros(3, 4, dtype=torch.int8), torch.ones(2), None)
+    if mod.has_avx2():
+        with pytest.raises(RuntimeError, match="linear_a8_avx2: qweight must be"):
+            mod.linear_a8_avx2(torch.randn(2, 4), torch.zeros(3, 5, dtype=torch.int8), torch.ones(3), None)
 
 
 @pytest.fixture
@@ -133,3 +206,70 @@ def test_the_build_dir_depends_on_the_flags(monkeypatch, fresh_ext):
     a = ext.build_dir()
     monkeypatch.setattr(ext, "CFLAGS", ("-O2",))
     assert ext.build_dir() != a  # a build with other flags never loads this one's library
+
+
+def _u4_cases() -> list[AffineQuantized]:
+    w = _w(37, 96, seed=4)
+    awq = AffineQuantized.encode(w, 4, symmetric=False, group_size=32)
+    awq = AffineQuantized.from_ints(
+        awq.shape,
+        awq.int_values(),
+        awq.scale,
+        awq.zero_point,
+        4,
+        32,
+        in_scale=torch.rand(96, generator=torch.Generator().manual_seed(5)) + 0.5,
+    )
+    return [
+        AffineQuantized.encode(w, 4, symmetric=False, group_size=32),
+        AffineQuantized.encode(w, 4, symmetric=True, group_size=48),
+        AffineQuantized.encode(w, 4, symmetric=True),  # one scale per row
+        AffineQuantized.encode(w, 3, symmetric=False, group_size=16),
+        AffineQuantized.encode(w, 2, symmetric=False, group_size=96),
+        awq,
+    ]
+
+
+@needs_avx2
+@pytest.mark.parametrize(
+    "fmt", _u4_cases(), ids=["4bit-g32", "4bit-sym-g48", "4bit-row", "3bit-g16", "2bit", "awq"]
+)
+@pytest.mark.parametrize("rows", [1, 2, 16])
+def test_avx2_int4_kernel_is_the_op_on_decoded_weights(fmt, rows):
+    # float32 throughout: only the order of the sums differs from the reference
+    k = dispatch._by_name("linear", "int4_avx2")
+    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(6))
+    b = torch.randn(37)
+    assert k.name in [c.name for c in kernels.candidates("linear", fmt, x)]
+    want = torch.nn.functional.linear(x, fmt.decode(), b)
+    got = k.run(k.prepare(fmt), x, fmt, bias=b)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    x3 = x.reshape(1, rows, 96)  # leading dims are kept
+    assert torch.allclose(
+        k.run(k.prepare(fmt), x3, fmt), torch.nn.functional.linear(x3, fmt.decode()), atol=1e-4
+    )
+
+
+@needs_avx2
+def test_avx2_int4_kernel_is_offered_only_where_it_runs():
+    names = lambda fmt, x: [c.name for c in kernels.candidates("linear", fmt, x)]  # noqa: E731
+    w = _w(8, 96)
+    assert "int4_avx2" not in names(
+        AffineQuantized.encode(w, 4, group_size=24), torch.randn(1, 96)
+    )  # 24 % 16
+    assert "int4_avx2" not in names(AffineQuantized.encode(_w(8, 40), 4), torch.randn(1, 40))  # 40 columns
+    assert "int4_avx2" not in names(AffineQuantized.encode(w, 8), torch.randn(1, 96))  # 8 bits: int8 kernels
+    assert "int4_avx2" not in names(
+        AffineQuantized.encode(w, 4, group_size=32), torch.randn(17, 96)
+    )  # 17 rows
+    mod = ext.load()
+    with pytest.raises(RuntimeError, match="multiples of 16"):
+        mod.linear_u4_avx2(
+            torch.randn(1, 40),
+            torch.zeros(8, 20, dtype=torch.uint8),
+            torch.ones(8),
+            torch.zeros(8, dtype=torch.int32),
+            40,
+            None,
+        )

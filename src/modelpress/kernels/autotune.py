@@ -215,6 +215,10 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).norm()) / den if den > 0 else float((y - ref).norm())
 
 
+SLOWER = 4.0  # a candidate whose first call takes this many times the best one's so far ...
+_SLOWER_S = 0.01  # ... and over 10 ms (never a small layer's first-call noise) is not timed
+
+
 def _time(fn: Callable[[], Any], budget_s: float = 0.004, rounds: int = 3) -> float:
     """Best mean seconds per call over ``rounds`` loops of about ``budget_s`` each."""
     fn()
@@ -274,13 +278,36 @@ def _measure(
         for k in first + [k for k in ks if k.fallback]:
             if k.fallback and any(n != reference.name for n in times):
                 break
+            if (
+                k.known_slow is not None
+                and k.known_slow(fmt, x)
+                and any(o is not k and o is not reference and not o.fallback for o in ks)
+            ):
+                rejected[k.name] = "not timed: known to be slower on this CPU at these rows"
+                continue
             try:
                 st = state(k, fmt)
 
                 def call(k: Kernel = k, st: Any = st) -> torch.Tensor:
                     return k.run(st, x, fmt, **kw)
 
-                err = 0.0 if k is reference else _rel_err(call(), ref)
+                t0 = time.perf_counter()
+                y = ref if k is reference else call()
+                t_first = time.perf_counter() - t0
+                if (
+                    k is not reference
+                    and times
+                    and t_first > _SLOWER_S
+                    and t_first > SLOWER * min(times.values())
+                ):
+                    # clearly slower at its first call (e.g. _int_mm without VNNI at 2,048 rows
+                    # of a 49k-row LM head: ~30 s a call): not timed further
+                    rejected[k.name] = (
+                        f"slower: {t_first:.3g} s at its first call vs {min(times.values()):.3g} s"
+                    )
+                    _drop_state(k, fmt)
+                    continue
+                err = 0.0 if k is reference else _rel_err(y, ref)
                 if err > k.tolerance:
                     rejected[k.name] = f"relative error {err:.2e} > {k.tolerance:.0e}"
                     _drop_state(k, fmt)

@@ -14,9 +14,10 @@
   weight: ``ternary_int8pack`` (``aten._weight_int8pack_mm``, bf16 activations; one row,
   LM decode) and ``ternary_fbgemm`` (fbgemm's dynamic W8A8 linear; many rows). They
   multiply (int8 GEMMs), which on CPUs is faster than any add/subtract loop written in
-  torch ops; a multiplication-free (LUT / add-subtract) kernel needs native code and is
-  not built. Everything else (per-group binary scales ...) takes ``fbgemm_requant`` or the
-  reference, as every weight-only format does.
+  torch ops; ``ternary_avx2`` runs the same int8 view through modelpress's own AVX2 int8
+  GEMM (``int8.py``: exact int8 activations, for a few rows); a multiplication-free (LUT /
+  add-subtract) kernel is not built. Everything else (per-group binary scales ...) takes
+  ``fbgemm_requant`` or the reference, as every weight-only format does.
 """
 
 from __future__ import annotations
@@ -209,3 +210,42 @@ if _has_op("quantized", "linear_dynamic") and _has_op("quantized", "linear_prepa
             tolerance=0.05,  # int8 activations; the weight is exact
         )
     )
+
+
+# -- the same int8 view through modelpress's AVX2 int8 GEMM (kernels/int8.py: int8_avx2) -----
+# For a few rows (LM decode) on CPUs without VNNI: exact int8 activations (no 7-bit
+# saturation as in fbgemm there), the {-1, 0, +1} codes read as int8, one call from Python.
+
+
+def _avx2_ternary_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    from .int8 import _avx2_ok
+
+    if not (_int8_view_ok(fmt) and len(fmt.shape) == 2 and x.dtype == torch.float32):
+        return False
+    return _avx2_ok(fmt, _rows(x))
+
+
+def _avx2_ternary_prepare(fmt: CompressedTensor) -> Any:
+    return _int8_view(fmt)
+
+
+def _avx2_ternary(
+    state: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    from .int8 import _linear_requant_avx2
+
+    return _linear_requant_avx2(state, x, fmt, bias)
+
+
+register_kernel(
+    Kernel(
+        "ternary_avx2",
+        "linear",
+        ("ternary", "binary"),
+        _avx2_ternary,
+        prepare=_avx2_ternary_prepare,
+        supports=_avx2_ternary_ok,
+        priority=7,
+        tolerance=0.05,  # int8 activations; the weight is exact
+    )
+)

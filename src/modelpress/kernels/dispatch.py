@@ -75,6 +75,9 @@ class Kernel:
     prepare: Callable[[CompressedTensor], Any] | None = None
     supports: Callable[[CompressedTensor, torch.Tensor], bool] = _always
     priority: int = 0  # higher first; the reference kernel has the lowest
+    # known_slow(fmt, x): this kernel is known to lose here (e.g. _int_mm without VNNI at many
+    # rows); the autotuner does not time it, forcing it still runs it
+    known_slow: Callable[[CompressedTensor, torch.Tensor], bool] | None = None
     tolerance: float = 1e-4
     fallback: bool = False
 

@@ -38,6 +38,19 @@ def _plain_int8(fmt: CompressedTensor) -> bool:
     )
 
 
+# Without VNNI, _int_mm runs ~10x slower than the fp32 matmul (RESULTS §22): beyond a few rows
+# the autotuner does not time it there (at 2,048 rows of an LM head one call takes ~30 s); it
+# still runs where it is forced.
+INT_MM_NO_VNNI_MAX_ROWS = 64
+
+
+def _int_mm_slow_here(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    from ..machine import has_vnni
+
+    rows = x.numel() // max(1, int(fmt.shape[-1])) if fmt.shape else 0
+    return x.device.type == "cpu" and rows > INT_MM_NO_VNNI_MAX_ROWS and not has_vnni()
+
+
 def _int_mm_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
     if not _plain_int8(fmt):
         return False
@@ -93,7 +106,17 @@ def _embedding(state: None, ids: torch.Tensor, fmt: AffineQuantized) -> torch.Te
 
 
 # per-token activation quantization: a few 0.1 % relative error against the float reference
-register_kernel(Kernel("int_mm", "linear_a8", ("affine",), _linear_a8, supports=_int_mm_ok, tolerance=0.05))
+register_kernel(
+    Kernel(
+        "int_mm",
+        "linear_a8",
+        ("affine",),
+        _linear_a8,
+        supports=_int_mm_ok,
+        tolerance=0.05,
+        known_slow=_int_mm_slow_here,
+    )
+)
 register_kernel(
     Kernel(
         "int_mm",
@@ -150,6 +173,7 @@ register_kernel(
         prepare=_requant,
         supports=_requant_ok,
         tolerance=REQUANT_TOLERANCE,
+        known_slow=_int_mm_slow_here,
     )
 )
 
@@ -228,6 +252,7 @@ register_kernel(
         supports=lambda fmt, x: _int_mm_ok(fmt, x) and _fused_ok(fmt, x),
         priority=1,
         tolerance=0.05,
+        known_slow=_int_mm_slow_here,
     )
 )
 register_kernel(
@@ -240,5 +265,149 @@ register_kernel(
         supports=lambda fmt, x: _requant_ok(fmt, x) and _requant_fused_ok(fmt, x),
         priority=1,
         tolerance=REQUANT_TOLERANCE,
+        known_slow=_int_mm_slow_here,
+    )
+)
+
+
+# -- the same, with the int8 GEMM in AVX2 for a few rows (csrc/fused_cpu.cpp: linear_a8_avx2) --
+# Without VNNI, at::_int_mm has no fast path; int16 x int16 pair sums (vpmaddwd) are exact, so
+# these are bitwise int_mm_fused / int_mm_requant_fused. Only for a few rows (LM decode): at
+# many rows fbgemm and the fp32 GEMM are faster.
+AVX2_MAX_ROWS = 64
+
+
+def _avx2_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    from . import ext
+
+    if not _fused_ok(fmt, x) or x.shape[0] > AVX2_MAX_ROWS:
+        return False
+    mod = ext.load()
+    return bool(getattr(mod, "has_avx2", lambda: False)())
+
+
+def _linear_a8_avx2(
+    state: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    fmt: CompressedTensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    from . import ext
+
+    return ext.load().linear_a8_avx2(x.contiguous(), state[0], state[1], _fused_bias(bias))
+
+
+def _linear_requant_avx2(
+    state: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    fmt: CompressedTensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    from . import ext
+
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    y = ext.load().linear_a8_avx2(x2.contiguous(), state[0], state[1], _fused_bias(bias))
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+register_kernel(
+    Kernel(
+        "int8_avx2",
+        "linear_a8",
+        ("affine",),
+        _linear_a8_avx2,
+        prepare=_fused_prepare,
+        supports=lambda fmt, x: _plain_int8(fmt) and _avx2_ok(fmt, x),
+        priority=1,
+        tolerance=0.05,
+    )
+)
+register_kernel(
+    Kernel(
+        "int8_requant_avx2",
+        "linear",
+        ("*",),
+        _linear_requant_avx2,
+        prepare=_requant_fused_prepare,
+        supports=lambda fmt, x: (
+            _requant_ok(fmt, x)
+            and _requant_fused_ok(fmt, x)
+            and _avx2_ok(fmt, x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x)
+        ),
+        priority=1,
+        tolerance=REQUANT_TOLERANCE,
+    )
+)
+
+
+# -- 2-4-bit affine weights, weight-only, for a few rows in AVX2 (linear_u4_avx2) -------------
+# The codes stay 4 bits in memory (their own packed copy, half a byte per weight) and the
+# activations stay float32: no re-quantization error, unlike int_mm_requant / fbgemm_requant.
+U4_MAX_ROWS = 16
+
+
+def _u4_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    if not (isinstance(fmt, AffineQuantized) and fmt.bits <= 4 and len(fmt.shape) == 2):
+        return False
+    cols = int(fmt.shape[1])
+    group = fmt.group_size or cols
+    rows = x.numel() // max(1, cols)
+    x2 = x.reshape(-1, cols) if x.dim() > 2 else x
+    return (
+        cols % 16 == 0
+        and group % 16 == 0
+        and cols % group == 0
+        and 0 < rows <= U4_MAX_ROWS
+        and _avx2_ok(fmt, x2)
+    )
+
+
+def _u4_prepare(
+    fmt: CompressedTensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    from ..primitives.quant import qrange
+
+    assert isinstance(fmt, AffineQuantized)
+    rows, cols = (int(d) for d in fmt.shape)
+    qmin, _ = qrange(fmt.bits, fmt.symmetric)
+    u = (fmt.int_values() - qmin).to(torch.uint8).reshape(rows, cols // 16, 2, 8)  # codes in [0, 2^bits)
+    packed = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(rows, cols // 2).contiguous()
+    scale = fmt.scale.to(torch.float32).reshape(rows, -1).contiguous()
+    zp = (
+        torch.zeros_like(scale, dtype=torch.int32)
+        if fmt.zero_point is None
+        else fmt.zero_point.to(torch.int32)
+    )
+    zero = (zp.reshape(rows, -1) - qmin).contiguous()  # code - zero = q - zero_point
+    in_scale = None if fmt.in_scale is None else fmt.in_scale.to(torch.float32).reshape(1, -1)
+    return packed, scale, zero, fmt.group_size or cols, in_scale
+
+
+def _linear_u4(
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor | None],
+    x: torch.Tensor,
+    fmt: CompressedTensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    from . import ext
+
+    packed, scale, zero, group, in_scale = state
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if in_scale is not None:  # AWQ: W diag(s)^-1 x = W (x / s)
+        x2 = x2 / in_scale
+    y = ext.load().linear_u4_avx2(x2.contiguous(), packed, scale, zero, group, _fused_bias(bias))
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+register_kernel(
+    Kernel(
+        "int4_avx2",
+        "linear",
+        ("affine",),
+        _linear_u4,
+        prepare=_u4_prepare,
+        supports=_u4_ok,
+        priority=1,
+        tolerance=1e-4,
     )
 )
