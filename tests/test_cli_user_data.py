@@ -15,7 +15,17 @@ from modelpress.cli import app
 from modelpress.models.tv import TorchvisionClassifier
 
 runner = CliRunner()
-FAST = ["--methods", "fp32,int8-dynamic", "--no-progress", "--threads", "1", "--rounds", "1"]
+FAST = [
+    "--methods",
+    "fp32,int8-dynamic",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--rounds",
+    "1",
+    "--throughput-batch",
+    "2",
+]
 
 
 def _err(res) -> str:

@@ -254,6 +254,14 @@ def bench(
             "of the rounds. 1 is a quick look; fewer rounds, less sure ratios.",
         ),
     ] = 4,
+    throughput_batch: Annotated[
+        int,
+        typer.Option(
+            "--throughput-batch",
+            min=1,
+            help="Batch of the CPU throughput column (a large LM at 32 takes long on a small CPU).",
+        ),
+    ] = 32,
 ) -> None:
     """Compress the model with each method and print the comparison table (every figure measured)."""
     from .bench.report import write_reports
@@ -286,6 +294,7 @@ def bench(
                 tune_allocator=tune_allocator,
                 decode_tokens=decode_tokens,
                 rounds=rounds,
+                throughput_batch=throughput_batch,
                 eval_examples=_eval_examples(eval_examples),
                 backends=tuple(b.strip() for b in backend.split(",") if b.strip()),
             ),

@@ -170,6 +170,7 @@ class _Adapter(TextClassificationTask):
         (["fp32"], {"threads": 0}, ConfigError, "--threads must be an integer >= 1, got 0"),
         (["fp32"], {"threads": -1}, ConfigError, "--threads must be"),
         (["fp32"], {"threads": 1.5}, ConfigError, "--threads must be"),
+        (["fp32"], {"throughput_batch": 0}, ConfigError, "throughput_batch must be an integer >= 1, got 0"),
         (["fp32"], {"output": None}, ConfigError, "output must be a directory path"),
         (["fp32"], {"output": "/proc/modelpress-x"}, SaveError, "cannot write the benchmark results"),
     ],

@@ -5,7 +5,7 @@ import pytest
 from modelpress.api import artifact_files
 from modelpress.bench import stats
 from modelpress.bench.measure import time_callable
-from modelpress.bench.report import write_reports
+from modelpress.bench.report import markdown, write_reports
 from modelpress.bench.runner import ROW_KEYS, BenchOptions, run_bench
 from modelpress.errors import ConfigError
 from modelpress.models.classification import TextClassificationTask
@@ -20,10 +20,13 @@ def tiny_task(tiny_bert_dir, small_splits):
 
 def test_run_bench_rows_are_measured(tmp_path, tiny_task):
     result = run_bench(
-        tiny_task, resolve_methods("fp32,int8-dynamic"), BenchOptions(tmp_path, progress=False)
+        tiny_task,
+        resolve_methods("fp32,int8-dynamic"),
+        BenchOptions(tmp_path, progress=False, throughput_batch=3),
     )
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["fp32", "int8-dynamic"]
+    assert result["env"]["throughput_batch"] == 3 and "(samples/s, batch 3)" in markdown(result)
     for r in rows.values():
         assert set(ROW_KEYS) <= set(r)
         files = artifact_files(tmp_path / "artifacts" / r["method"])

@@ -21,7 +21,9 @@ def test_minilm_default_fp32_vs_int8_dynamic(tmp_path):
     task = resolve_model("minilm")
     # one timing round: the test checks the pipeline end to end; benchmarks carry the figures
     result = run_bench(
-        task, resolve_methods("fp32,int8-dynamic"), BenchOptions(tmp_path, progress=False, rounds=1)
+        task,
+        resolve_methods("fp32,int8-dynamic"),
+        BenchOptions(tmp_path, progress=False, rounds=1, throughput_batch=4),
     )
     fp32, int8 = result["rows"]
     assert fp32["quality"] > 0.78  # fine-tuned MiniLM on Rotten Tomatoes (head-only gets ~0.76)
@@ -40,7 +42,13 @@ def test_smollm2_perplexity_fp32_vs_int8(tmp_path):
         # one timing round and a short decode at batch 1 (on CPUs without VNNI every int8
         # call is slow; benchmarks, not tests, carry the speed figures)
         BenchOptions(
-            tmp_path, progress=False, measure_memory=False, rounds=1, decode_tokens=4, decode_batches=(1,)
+            tmp_path,
+            progress=False,
+            measure_memory=False,
+            rounds=1,
+            throughput_batch=2,
+            decode_tokens=4,
+            decode_batches=(1,),
         ),
     )
     fp32, int8 = result["rows"]

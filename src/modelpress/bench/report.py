@@ -221,8 +221,10 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             "disagreeing by more than 25 %): the speed ratios in this table are noisy"
         )
     out.append("")
-    out.append("| " + " | ".join(COLUMNS) + " |")
-    out.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    batch = int(env.get("throughput_batch") or 32)
+    cols = [c.replace("batch 32", f"batch {batch}") for c in COLUMNS]
+    out.append("| " + " | ".join(cols) + " |")
+    out.append("|" + "|".join("---" for _ in cols) + "|")
     out += ["| " + " | ".join(format_row(r)) + " |" for r in rows]
     dec_header, dec_rows = decode_table(rows)
     if dec_rows:

@@ -73,6 +73,9 @@ class BenchOptions:
     keep_artifacts: bool = True
     tune_allocator: bool = True  # see bench.env.tune_allocator
     rounds: int = 4  # round-robin timing rounds (every row timed once per round)
+    # the batch of the throughput column (tests time a small one: at 32 x 128 tokens one
+    # SmolLM2 forward takes ~40 s on one AVX2 core)
+    throughput_batch: int = 32
     # causal LMs: greedy generation of this many new tokens after the seq_len-token prompt,
     # timed in the same rounds at each of decode_batches (0 = no decode timing)
     decode_tokens: int = 32
@@ -131,6 +134,8 @@ def run_bench(
         isinstance(options.threads, bool) or not isinstance(options.threads, int) or options.threads < 1
     ):
         raise ConfigError(f"--threads must be an integer >= 1, got {options.threads!r}")
+    if not isinstance(options.throughput_batch, int) or options.throughput_batch < 1:
+        raise ConfigError(f"throughput_batch must be an integer >= 1, got {options.throughput_batch!r}")
     threads = options.threads or torch.get_num_threads()
     dt = options.decode_tokens
     if isinstance(dt, bool) or not isinstance(dt, int) or dt < 0 or dt == 1:
@@ -154,7 +159,7 @@ def run_bench(
     original = adapter.load_original(progress=options.progress)
     params = count_params(original)
     inputs1 = adapter.example_inputs(1)
-    inputs32 = adapter.example_inputs(32)
+    inputs32 = adapter.example_inputs(options.throughput_batch)
     inputs_file = out / "inputs.safetensors"
     # the memory of a row is measured in a fresh process that loads the artifact by itself,
     # which a user's own module (its class never imported by modelpress) cannot do
@@ -594,12 +599,13 @@ def _time_rows(
         t1, t32 = Timing(tuple(lat[i])), Timing(tuple(thr[i]))
         r["cpu_latency_ms_p50"] = float(torch.tensor(per_round[i]).median())
         r["cpu_latency_ms_p95"] = t1.p95_ms
-        r["cpu_throughput"] = 32 / (t32.p50_ms / 1e3)
+        r["cpu_throughput"] = options.throughput_batch / (t32.p50_ms / 1e3)
         r["latency_runs"], r["throughput_runs"] = t1.runs, t32.runs
         r["latency_rounds_ms"] = [round(v, 3) for v in per_round[i]]
         r["latency_round_spread"] = (max(per_round[i]) - min(per_round[i])) / r["cpu_latency_ms_p50"]
         r["kernels"] = r.get("onnx_ops") or _kernel_summary(models[i])
     env["timing"] = f"round-robin, {rounds} rounds; latency = median of the rounds' medians"
+    env["throughput_batch"] = options.throughput_batch
     env["load_average"] = [load_before, load_after]
     busy = [x for x in (load_before, load_after) if x is not None and x > threads + 0.75]
     spreads = sorted(r["latency_round_spread"] for r in rows)
