@@ -273,3 +273,52 @@ def test_avx2_int4_kernel_is_offered_only_where_it_runs():
             40,
             None,
         )
+
+
+def _books(granularity: str, bits: int, rows: int = 37, cols: int = 96) -> Codebook:
+    g = torch.Generator().manual_seed(7)
+    k = 2**bits
+    codes = torch.randint(0, k, (rows * cols,), generator=g, dtype=torch.uint8)
+    n_books = rows if granularity == "channel" else 1
+    return Codebook.from_codes(
+        (rows, cols), codes, torch.randn(n_books, k, generator=g), bits=bits, granularity=granularity
+    )
+
+
+@needs_avx2
+@pytest.mark.parametrize(
+    "fmt",
+    [_books("tensor", 4), _books("channel", 4), _books("channel", 3), _books("tensor", 2)],
+    ids=["tensor-4bit", "channel-4bit", "channel-3bit", "tensor-2bit"],
+)
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_avx2_lut_kernel_is_the_op_on_decoded_codebooks(fmt, rows):
+    k = dispatch._by_name("linear", "lut4_avx2")
+    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(8))
+    b = torch.randn(37)
+    assert k.name in [c.name for c in kernels.candidates("linear", fmt, x)]
+    want = torch.nn.functional.linear(x, fmt.decode(), b)
+    got = k.run(k.prepare(fmt), x.reshape(1, rows, 96), fmt, bias=b)
+    assert got.shape == (1, rows, 37)
+    assert ((got.reshape(rows, 37) - want).norm() / want.norm()).item() < 1e-5
+
+
+@needs_avx2
+def test_avx2_lut_kernel_is_offered_only_where_it_runs():
+    names = lambda fmt, x: [c.name for c in kernels.candidates("linear", fmt, x)]  # noqa: E731
+    assert "lut4_avx2" not in names(_books("tensor", 4, cols=40), torch.randn(1, 40))  # 40 columns
+    assert "lut4_avx2" not in names(_books("tensor", 4), torch.randn(17, 96))  # 17 rows
+    g = _books("tensor", 4)
+    masked = Codebook.from_codes(
+        (37, 96),
+        g.code_values()[: 37 * 48],
+        g.codebook,
+        bits=4,
+        granularity="tensor",
+        mask=torch.arange(37 * 96).reshape(37, 96) % 2 == 0,
+    )
+    assert "lut4_avx2" not in names(masked, torch.randn(1, 96))  # sparse codebooks: not here
+    with pytest.raises(RuntimeError, match="books must be"):
+        ext.load().linear_lut4_avx2(
+            torch.randn(1, 96), torch.zeros(4, 48, dtype=torch.uint8), torch.zeros(2, 16), None
+        )

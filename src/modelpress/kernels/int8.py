@@ -207,7 +207,9 @@ def _fused_prepare(fmt: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fused_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else bias.detach().to(torch.float32).contiguous()
+    if bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()):
+        return bias  # (the C++ kernels record no autograd; a bias that needs grad is added outside)
+    return bias.detach().to(torch.float32).contiguous()
 
 
 def _linear_a8_fused(
@@ -407,6 +409,68 @@ register_kernel(
         _linear_u4,
         prepare=_u4_prepare,
         supports=_u4_ok,
+        priority=1,
+        tolerance=1e-4,
+    )
+)
+
+
+# -- 2-4-bit codebooks (k-means weight sharing), weight-only, a look-up table in AVX2 --------
+# (linear_lut4_avx2) The codes stay 4 bits in memory, each picks its float from the row's or
+# the tensor's 16 entries in registers: no decode of the weight, no re-quantization.
+
+
+def _lut4_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
+    from ..formats.codebook import Codebook
+
+    if not (
+        isinstance(fmt, Codebook)
+        and fmt.mask is None
+        and fmt.bits <= 4
+        and fmt.granularity in ("tensor", "channel")
+        and len(fmt.shape) == 2
+    ):
+        return False
+    cols = int(fmt.shape[1])
+    rows = x.numel() // max(1, cols)
+    x2 = x.reshape(-1, cols) if x.dim() > 2 else x
+    return cols % 16 == 0 and 0 < rows <= U4_MAX_ROWS and _avx2_ok(fmt, x2)
+
+
+def _lut4_prepare(fmt: CompressedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..formats.codebook import Codebook
+
+    assert isinstance(fmt, Codebook)
+    rows, cols = (int(d) for d in fmt.shape)
+    u = fmt.code_values().to(torch.uint8).reshape(rows, cols // 16, 2, 8)
+    packed = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(rows, cols // 2).contiguous()
+    cb = fmt.float_codebook()  # (1 or rows, 2^bits)
+    books = torch.zeros(cb.shape[0], 16, dtype=torch.float32)
+    books[:, : cb.shape[1]] = cb
+    return packed, books.contiguous()
+
+
+def _linear_lut4(
+    state: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    fmt: CompressedTensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    from . import ext
+
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    y = ext.load().linear_lut4_avx2(x2.contiguous(), state[0], state[1], _fused_bias(bias))
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+register_kernel(
+    Kernel(
+        "lut4_avx2",
+        "linear",
+        ("codebook",),
+        _linear_lut4,
+        prepare=_lut4_prepare,
+        supports=_lut4_ok,
         priority=1,
         tolerance=1e-4,
     )

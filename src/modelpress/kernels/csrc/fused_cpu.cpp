@@ -241,6 +241,35 @@ __attribute__((target("avx2,fma"))) void u4_gemm_avx2(const float* x, int64_t m,
     }
   }
 }
+// y[i, j] = sum_k book_j[code[j, k]] * x[i, k]: books (n_books, 16), n_books 1 or n
+__attribute__((target("avx2,fma"))) void lut4_gemm_avx2(const float* x, int64_t m, int64_t k, const uint8_t* p,
+                                                        const float* books, bool per_row, int64_t n, int64_t j0,
+                                                        int64_t j1, const float* bias, float* y) {
+  const __m256i mask = _mm256_set1_epi32(0xF);
+  const int64_t kb = k / 2;
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* bk = books + (per_row ? j * 16 : 0);
+    const __m256 blo = _mm256_loadu_ps(bk), bhi = _mm256_loadu_ps(bk + 8);
+    const uint8_t* pj = p + j * kb;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xi = x + i * k;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+      for (int64_t c = 0; c < k; c += 16) {
+        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pj + c / 2)));
+        const __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_srli_epi32(v, 4);
+        const __m256 wl = _mm256_blendv_ps(_mm256_permutevar8x32_ps(blo, lo), _mm256_permutevar8x32_ps(bhi, lo),
+                                           _mm256_castsi256_ps(_mm256_slli_epi32(lo, 28)));
+        const __m256 wh = _mm256_blendv_ps(_mm256_permutevar8x32_ps(blo, hi), _mm256_permutevar8x32_ps(bhi, hi),
+                                           _mm256_castsi256_ps(_mm256_slli_epi32(hi, 28)));
+        a0 = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xi + c), a0);
+        a1 = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xi + c + 8), a1);
+      }
+      float t = hsum_ps(_mm256_add_ps(a0, a1));
+      if (bias != nullptr) t += bias[j];
+      y[i * n + j] = t;
+    }
+  }
+}
 #endif
 
 bool cpu_avx2() {
@@ -326,6 +355,40 @@ torch::Tensor linear_u4_avx2(const torch::Tensor& x, const torch::Tensor& packed
   return y;
 }
 
+torch::Tensor linear_lut4_avx2(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& books,
+                               const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(cpu_avx2(), "linear_lut4_avx2: this CPU has no AVX2 / FMA");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "linear_lut4_avx2: x must be a contiguous (rows, in) float32 tensor");
+  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0);
+  TORCH_CHECK(k % 16 == 0, "linear_lut4_avx2: in features must be a multiple of 16");
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(1) == k / 2,
+              "linear_lut4_avx2: packed must be a contiguous (out, in / 2) uint8 tensor");
+  TORCH_CHECK(books.dim() == 2 && books.scalar_type() == at::kFloat && books.is_contiguous() && books.size(1) == 16 &&
+                  (books.size(0) == 1 || books.size(0) == n),
+              "linear_lut4_avx2: books must be a contiguous float32 (1 or out, 16) tensor");
+  const float* bp = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n,
+                "linear_lut4_avx2: bias must be a contiguous float32 tensor of out elements");
+    bp = bias->data_ptr<float>();
+  }
+  auto y = at::empty({m, n}, x.options());
+#ifdef MP_X86
+  const float* xp = x.data_ptr<float>();
+  const uint8_t* pp = packed.data_ptr<uint8_t>();
+  const float* bk = books.data_ptr<float>();
+  const bool per_row = books.size(0) == n && n > 1;
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * m));
+  at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) {
+    lut4_gemm_avx2(xp, m, k, pp, bk, per_row, n, lo, hi, bp, yp);
+  });
+#endif
+  return y;
+}
+
 torch::Tensor linear_a8(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& wscale,
                         const c10::optional<torch::Tensor>& bias) {
   check_args(x, qweight, wscale, bias, "linear_a8");
@@ -345,5 +408,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_a8", &linear_a8, "W8A8 linear with dynamic per-token int8 activations (float32 out)");
   m.def("linear_a8_avx2", &linear_a8_avx2, "linear_a8 with its int8 GEMM in AVX2 (vpmaddwd), for a few rows");
   m.def("linear_u4_avx2", &linear_u4_avx2, "weight-only linear of 2-4-bit affine codes in AVX2, for a few rows");
+  m.def("linear_lut4_avx2", &linear_lut4_avx2, "linear of 2-4-bit codebook codes by a look-up table in AVX2");
   m.def("has_avx2", &has_avx2, "whether this CPU has AVX2 and FMA (the *_avx2 kernels run)");
 }
