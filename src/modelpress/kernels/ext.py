@@ -34,7 +34,10 @@ __all__ = ["available", "build_dir", "load", "status"]
 log = logging.getLogger(__name__)
 
 SOURCES = ("fused_cpu.cpp",)
-CFLAGS = ("-O3", "-ffp-contract=off")  # no fused multiply-add: bitwise the eager kernels' floats
+# -ffp-contract=off: no fused multiply-add, bitwise the eager kernels' floats; -fopenmp: ATen's
+# at::parallel_for is an OpenMP pragma in a header, compiled out without it (one thread)
+CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 _lock = threading.Lock()
 _module: Any = None
@@ -92,6 +95,7 @@ def _build(out: Path) -> Any:
         _name(),
         [str(p) for p in _sources()],
         extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
         build_directory=str(out),
         verbose=False,
     )
