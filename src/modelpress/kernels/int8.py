@@ -7,6 +7,8 @@ AVX2-only CPUs; the autotuner (``autotune.py``) picks it only where it is the fa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -212,15 +214,23 @@ def _fused_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias.detach().to(torch.float32).contiguous()
 
 
+def _ext_rows(name: str, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    """``ext.<name>(x, *args)`` with ``x`` as contiguous ``(rows, in)`` (the C++ kernels' input);
+    leading dims are kept."""
+    from . import ext
+
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    y = getattr(ext.load(), name)(x2.contiguous(), *args)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def _linear_a8_fused(
     state: tuple[torch.Tensor, torch.Tensor],
     x: torch.Tensor,
     fmt: CompressedTensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from . import ext
-
-    return ext.load().linear_a8(x.contiguous(), state[0], state[1], _fused_bias(bias))
+    return _ext_rows("linear_a8", x, state[0], state[1], _fused_bias(bias))
 
 
 def _requant_fused_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
@@ -237,11 +247,7 @@ def _linear_requant_fused(
     fmt: CompressedTensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from . import ext
-
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    y = ext.load().linear_a8(x2.contiguous(), state[0], state[1], _fused_bias(bias))
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+    return _ext_rows("linear_a8", x, state[0], state[1], _fused_bias(bias))
 
 
 register_kernel(
@@ -294,9 +300,7 @@ def _linear_a8_avx2(
     fmt: CompressedTensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from . import ext
-
-    return ext.load().linear_a8_avx2(x.contiguous(), state[0], state[1], _fused_bias(bias))
+    return _ext_rows("linear_a8_avx2", x, state[0], state[1], _fused_bias(bias))
 
 
 def _linear_requant_avx2(
@@ -305,11 +309,7 @@ def _linear_requant_avx2(
     fmt: CompressedTensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from . import ext
-
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    y = ext.load().linear_a8_avx2(x2.contiguous(), state[0], state[1], _fused_bias(bias))
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+    return _ext_rows("linear_a8_avx2", x, state[0], state[1], _fused_bias(bias))
 
 
 register_kernel(
@@ -391,14 +391,10 @@ def _linear_u4(
     fmt: CompressedTensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from . import ext
-
     packed, scale, zero, group, in_scale = state
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     if in_scale is not None:  # AWQ: W diag(s)^-1 x = W (x / s)
-        x2 = x2 / in_scale
-    y = ext.load().linear_u4_avx2(x2.contiguous(), packed, scale, zero, group, _fused_bias(bias))
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+        x = x / in_scale
+    return _ext_rows("linear_u4_avx2", x, packed, scale, zero, group, _fused_bias(bias))
 
 
 register_kernel(
@@ -456,11 +452,7 @@ def _linear_lut4(
     fmt: CompressedTensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    from . import ext
-
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    y = ext.load().linear_lut4_avx2(x2.contiguous(), state[0], state[1], _fused_bias(bias))
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+    return _ext_rows("linear_lut4_avx2", x, state[0], state[1], _fused_bias(bias))
 
 
 register_kernel(
