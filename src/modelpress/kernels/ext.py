@@ -53,7 +53,7 @@ def _tag() -> str:
     h = hashlib.sha256()
     for p in _sources():
         h.update(p.read_bytes())
-    h.update(repr((CFLAGS, torch.__version__, sys.version_info[:2], sys.platform)).encode())
+    h.update(repr((CFLAGS, LDFLAGS, torch.__version__, sys.version_info[:2], sys.platform)).encode())
     return h.hexdigest()[:16]
 
 
