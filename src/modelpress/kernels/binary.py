@@ -232,9 +232,9 @@ def _avx2_ternary_prepare(fmt: CompressedTensor) -> Any:
 def _avx2_ternary(
     state: Any, x: torch.Tensor, fmt: CompressedTensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    from .int8 import _linear_requant_avx2
+    from .int8 import _linear_a8_avx2
 
-    return _linear_requant_avx2(state, x, fmt, bias)
+    return _linear_a8_avx2(state, x, fmt, bias)
 
 
 register_kernel(

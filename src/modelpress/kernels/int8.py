@@ -241,15 +241,6 @@ def _requant_fused_prepare(fmt: CompressedTensor) -> tuple[torch.Tensor, torch.T
     return _fused_state(_requant(fmt))
 
 
-def _linear_requant_fused(
-    state: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    fmt: CompressedTensor,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    return _ext_rows("linear_a8", x, state[0], state[1], _fused_bias(bias))
-
-
 register_kernel(
     Kernel(
         "int_mm_fused",
@@ -268,7 +259,7 @@ register_kernel(
         "int_mm_requant_fused",
         "linear",
         ("*",),
-        _linear_requant_fused,
+        _linear_a8_fused,  # the same call: the prepared state is the re-quantized weight
         prepare=_requant_fused_prepare,
         supports=lambda fmt, x: _requant_ok(fmt, x) and _requant_fused_ok(fmt, x),
         priority=1,
@@ -303,15 +294,6 @@ def _linear_a8_avx2(
     return _ext_rows("linear_a8_avx2", x, state[0], state[1], _fused_bias(bias))
 
 
-def _linear_requant_avx2(
-    state: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    fmt: CompressedTensor,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    return _ext_rows("linear_a8_avx2", x, state[0], state[1], _fused_bias(bias))
-
-
 register_kernel(
     Kernel(
         "int8_avx2",
@@ -329,7 +311,7 @@ register_kernel(
         "int8_requant_avx2",
         "linear",
         ("*",),
-        _linear_requant_avx2,
+        _linear_a8_avx2,  # the same call on the re-quantized weight
         prepare=_requant_fused_prepare,
         supports=lambda fmt, x: (
             _requant_ok(fmt, x)
