@@ -166,3 +166,19 @@ def test_eval_examples_subset_is_the_same_for_every_row_and_said(tmp_path, tiny_
     for bad in (0, -3, "some", True):
         with pytest.raises(ConfigError, match="--eval-examples"):
             runner._eval_subset(tiny_task, resolve_methods("fp32"), bad)
+
+
+def test_memory_worker_also_runs_one_position_of_token_inputs():
+    import torch
+
+    from modelpress.bench.worker import memory_inputs
+
+    ids = torch.arange(12).reshape(2, 6)
+    feeds = memory_inputs(
+        {"input_ids": ids, "attention_mask": torch.ones(2, 6), "pixel_values": torch.ones(2, 3)}
+    )
+    assert len(feeds) == 2 and feeds[0]["input_ids"] is ids
+    assert feeds[1]["input_ids"].tolist() == [[0], [6]] and tuple(feeds[1]["attention_mask"].shape) == (2, 1)
+    assert tuple(feeds[1]["pixel_values"].shape) == (2, 3)  # not a token input: as it was
+    assert len(memory_inputs({"input_ids": ids[:, :1]})) == 1  # one position already
+    assert len(memory_inputs({"pixel_values": torch.ones(1, 3, 8, 8)})) == 1

@@ -110,7 +110,7 @@ _CONV_FLOAT = {  # conv weights are left in float (with a note) by every method 
     "int4-g128", "int8-dynamic", "int8-static", "int8-weight", "lowrank-30-ft", "lowrank-svd-20",
     "lowrank-svdllm-20", "lowrank-svdllm-20+int8", "mixed-4bit-avg", "nf4", "prune-2:4", "prune-50",
     "prune-50+ternary-b158", "prune-global-70", "prune-gradual-80", "prune-wanda-50", "qat-int4",
-    "quantile-4bit", "smoothquant-w8a8", "ternary-b158", "ternary-b158-kd", "prune-rnn-50",
+    "quantile-4bit", "smoothquant-w8a8", "ternary-b158", "ternary-b158-kd", "binary-bwn-kd", "prune-rnn-50",
     "prune-recurrent-50", "fold-bn+int4",
 }  # fmt: skip
 _RNN_FLOAT = {  # GRU / LSTM matrices left in float (with a note)
@@ -130,7 +130,8 @@ _set(set(PROBES), _TRANSFORMERS_ONLY, "refused")
 _set({"conv1d-grouped", "conv2d-depthwise", "batchnorm"}, _CONV_FLOAT, "noted")  # fmt: skip
 _set("conv-transpose2d", set(METHODS) - _BASELINE - _TRANSFORMERS_ONLY, "noted")  # no transposed-conv format
 _set({"gru", "lstm"}, _RNN_FLOAT, "noted")
-_set({"gru", "lstm"}, _all("binary-bwn", "binary-xnor", "ternary-b158", "ternary-b158-kd"), "refused")
+_BINARY = _all("binary-bwn", "binary-bwn-kd", "binary-xnor", "ternary-b158", "ternary-b158-kd")
+_set({"gru", "lstm"}, _BINARY, "refused")
 _LOWRANK = _all("lowrank-30-ft", "lowrank-svd-20", "lowrank-svdllm-20", "lowrank-svdllm-20+int8")
 _set({"gru", "lstm"}, _LOWRANK, "refused")  # the output layer is the only Linear
 _set({"gru", "lstm"}, _all("prune-2:4", "prune-50", "prune-50+ternary-b158", "prune-global-70"), "refused")
@@ -149,7 +150,8 @@ _set("batchnorm", _all("cluster-pq"), "noted")
 # embeddings: binary / ternary keep them float by default (embeddings: false), pruning and
 # the deep-compression recipes select Linears only
 _EMB_FLOAT = {
-    "binary-bwn", "binary-xnor", "ternary-b158", "ternary-b158-kd", "prune-2:4", "prune-50+ternary-b158",
+    "binary-bwn", "binary-bwn-kd", "binary-xnor", "ternary-b158", "ternary-b158-kd", "prune-2:4",
+    "prune-50+ternary-b158",
     "prune-global-70", "prune-gradual-80", "prune-wanda-50", "deep-compression-fc", "prune-rnn-50",
     "prune-recurrent-50", "lowrank-30-ft", "lowrank-svd-20", "lowrank-svdllm-20",
 }  # fmt: skip
@@ -157,7 +159,7 @@ _set({"embedding-padding", "tied-weights"}, _EMB_FLOAT, "float")
 _set("tied-weights", _all("prune-50", "deep-compression", "deep-compression-fc"), "refused")
 EXPECTED["tied-weights"].update({"prune-2:4": "float"})
 # distillation from the teacher takes dict batches (a task adapter's); these are tuples
-_set(set(PROBES), _all("ternary-b158-kd"), "refused")
+_set(set(PROBES), _all("ternary-b158-kd", "binary-bwn-kd"), "refused")
 # channel pruning changes shapes, not formats: the layer under test stays a float module
 # (its channels pruned where its group allows, kept whole with a note otherwise); a model
 # whose every layer is kept whole (the channels reach a norm, the RNN or the output only) or

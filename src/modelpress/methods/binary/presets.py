@@ -25,6 +25,16 @@ def _bwn() -> list[MethodConfig]:
 
 
 @register_preset(
+    "binary-bwn-kd",
+    "binary-bwn trained with the clipped STE and distilled from the original model (soft targets and "
+    "hidden states, as ternary-b158-kd)",
+    FAMILY,
+)
+def _bwn_kd() -> list[MethodConfig]:
+    return [BinaryConfig(scheme="bwn", epochs=3, max_steps=_STEPS, distill=True, kd_alpha=0.9, kd_hidden=1.0)]
+
+
+@register_preset(
     "binary-xnor",
     "XNOR-Net: binary weights (α per row) and inputs binarized per token (sign(x)·mean|x|), trained with "
     "the clipped STE; embeddings, the first layer of models without them and the output layer in float",
