@@ -74,6 +74,10 @@ class LowRankConfig(MethodConfig):
     every Linear but the output layer); never embeddings, the classifier / LM head, a weight
     tied to another module, or the factors of an earlier low-rank pass. include / exclude:
     patterns on module names, applied to those targets.
+    sequential (svd-llm): walk the blocks in order, each layer fitted on the inputs the
+    blocks before it, already factorised, give it, to the original layer's outputs on the
+    original model's inputs (``svd.compensated``: the error of earlier layers is corrected,
+    not compounded); ``false``: every layer whitened by the original model's inputs at once.
     n_samples / batch_size: calibration examples (asvd, svd-llm) and the fine-tune's batch.
     epochs / lr / max_steps / seed: fine-tuning after factorising (epochs=0: none), of
     every parameter, or of the factors only with ``train_other: false``.
@@ -89,6 +93,7 @@ class LowRankConfig(MethodConfig):
     rank_multiple: int = param(1, POSITIVE)
     alpha: float = param(0.5, between(0, 1, lo_open=True))
     damping: float = param(0.01, between(0, 1, hi_open=True))
+    sequential: bool = True
     n_samples: int = param(128, POSITIVE)
     batch_size: int = param(32, POSITIVE)
     epochs: int = param(0, NON_NEGATIVE)
@@ -337,9 +342,14 @@ def _no_saving(r: int, m: int, k: int, what: str = "") -> str:
 # -- the method ----------------------------------------------------------------------------
 
 
-def _factorised(mod: nn.Linear, rank: int, whiten: torch.Tensor | None) -> LowRankLinear:
+def _factorised(
+    mod: nn.Linear, rank: int, whiten: torch.Tensor | None, target: torch.Tensor | None = None
+) -> LowRankLinear:
+    """``mod`` as a rank-``rank`` LowRankLinear approximating ``target`` (default: its own
+    weight) in the metric of ``whiten``."""
     w = mod.weight.detach()
-    a, b = svd.factorize(w, rank, None if whiten is None else whiten.to(w.device))
+    t = w if target is None else target.to(w.device)
+    a, b = svd.factorize(t, rank, None if whiten is None else whiten.to(w.device))
     new = LowRankLinear(
         mod.in_features, rank, mod.out_features, bias=mod.bias is not None, device=w.device, dtype=w.dtype
     )
@@ -374,6 +384,79 @@ def _finetune(
         )
 
 
+def _sequential_svdllm(
+    model: nn.Module,
+    targets: list[tuple[str, nn.Linear]],
+    config: LowRankConfig,
+    ctx: CompressContext,
+    put: Callable[..., None],
+) -> None:
+    """SVD-LLM block by block (``sequential``): each layer's Gram matrix ``G = XᵀX`` comes from
+    its inputs in the model as factorised so far, and the cross term ``C = XᵀX₀`` pairs them
+    with the original model's inputs of the same tokens; the layer becomes the best rank-r
+    approximation of ``svd.compensated(W, C, L)`` in the metric of ``L Lᵀ = G + damping``.
+    Ranks: ``uniform`` and ``rank`` as without it; ``global`` planned on the original
+    model's statistics first (one more calibration pass); ``energy`` per layer, on the
+    compensated weight's whitened spectrum."""
+    from ..quantization.sequential import by_blocks
+
+    fixed: dict[str, int | str] | None = None
+    if config.rule == "reduction" and config.allocation == "global":
+        stats = _calibrate(model, targets, config, ctx)
+        fixed = plan_ranks(targets, _whitening(targets, stats, config), config)
+        del stats
+    elif config.rule != "energy":
+        fixed = plan_ranks(targets, {n: None for n, _ in targets}, config)
+    data = ctx.require_data(config.name, f"calibration data for variant '{config.variant}'")
+    batches = calibration_batches(data, config.name, batch_size=config.batch_size, n_samples=config.n_samples)
+    gram: dict[str, torch.Tensor] = {}
+    cross: dict[str, torch.Tensor] = {}
+    stash: dict[str, torch.Tensor] = {}
+
+    def observe_original(name: str, x: torch.Tensor) -> None:
+        stash[name] = x.float()
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        x = x.float()
+        xo = stash.pop(name, x)  # (outside the blocks: the model's own inputs)
+        g, c = (x.T @ x).double(), (x.T @ xo).double()
+        gram[name] = gram[name] + g if name in gram else g
+        cross[name] = cross[name] + c if name in cross else c
+
+    def apply(items: list[tuple[str, nn.Module]]) -> None:
+        for n, mod in items:
+            assert isinstance(mod, nn.Linear)
+            if n not in gram:
+                raise config.error(f"calibration never reached {n} (is it used in forward?)")
+            try:
+                L = svd.whitening_factor(gram.pop(n), config.damping)
+            except ValueError as e:
+                raise config.error(f"{n}: {e}") from None
+            target = svd.compensated(mod.weight.detach(), cross.pop(n), L)
+            if fixed is not None:
+                r: int | str = fixed[n]
+            else:
+                m, k, _ = _dims(mod)
+                mult = config.rank_multiple
+                need = svd.rank_for_energy(svd.spectrum(target, L), float(config.energy or 1))
+                need = -(-need // mult) * mult  # rounded up: at least that energy
+                why = _no_saving(need, m, k, f"energy {config.energy} needs ")
+                r = need if saves_parameters(m, k, need) else why
+            put(n, mod, r, L, target)
+
+    by_blocks(
+        model,
+        dict(targets),
+        data,
+        batches,
+        observe,
+        apply,
+        ctx,
+        desc=f"{config.name} (sequential)",
+        observe_original=observe_original,
+    )
+
+
 @register(LowRankConfig)
 def _lowrank(model: nn.Module, config: LowRankConfig, ctx: CompressContext) -> nn.Module:
     if config.epochs:  # checked before the model is touched
@@ -381,26 +464,33 @@ def _lowrank(model: nn.Module, config: LowRankConfig, ctx: CompressContext) -> n
     targets = lowrank_targets(model, config)
     if config.rule == "rank":  # a rank too large is a config error before any calibration
         plan_ranks(targets, {n: None for n, _ in targets}, config)
-    stats = _calibrate(model, targets, config, ctx) if config.variant != "svd" else {}
-    whiten = _whitening(targets, stats, config)
-    del stats
-    plan = plan_ranks(targets, whiten, config)
-    before = after = 0
+    counts = [0, 0]  # parameters of the targets before, after
     factors: list[nn.Parameter] = []
-    for n, mod in tqdm(targets, desc=config.name, disable=not ctx.progress, leave=False):
-        r = plan[n]
+
+    def put(n: str, mod: nn.Linear, r: int | str, whiten: torch.Tensor | None, target: Any = None) -> None:
         size = sum(p.numel() for p in mod.parameters())
-        before += size
+        counts[0] += size
         if isinstance(r, str):
             ctx.note(f"{config.name}: {n} left dense: {r}", logger=log)
-            after += size
-            continue
-        new = _factorised(mod, r, whiten[n])
-        whiten[n] = None
+            counts[1] += size
+            return
+        new = _factorised(mod, r, whiten, target)
         replace_module(model, n, new)
-        factors += [new.down.get_parameter("weight"), new.up.get_parameter("weight")]
-        after += sum(p.numel() for p in new.parameters())
+        factors.extend([new.down.get_parameter("weight"), new.up.get_parameter("weight")])
+        counts[1] += sum(p.numel() for p in new.parameters())
         log.info("%s: %s (%d x %d) -> rank %d", config.name, n, mod.out_features, mod.in_features, r)
+
+    if config.variant == "svd-llm" and config.sequential:
+        _sequential_svdllm(model, targets, config, ctx, put)
+    else:
+        stats = _calibrate(model, targets, config, ctx) if config.variant != "svd" else {}
+        whiten = _whitening(targets, stats, config)
+        del stats
+        plan = plan_ranks(targets, whiten, config)
+        for n, mod in tqdm(targets, desc=config.name, disable=not ctx.progress, leave=False):
+            put(n, mod, plan[n], whiten[n])
+            whiten[n] = None
+    before, after = counts
     log.info(
         "%s (%s): targeted Linears %d -> %d parameters (%.1f%% fewer)",
         config.name,

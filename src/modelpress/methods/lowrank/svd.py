@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "activation_scale",
     "allocate_ranks",
+    "compensated",
     "factorize",
     "rank_for_energy",
     "rank_for_reduction",
@@ -63,6 +64,18 @@ def whitening_factor(gram: torch.Tensor, damping: float) -> torch.Tensor:
             return L
         lam = max(lam * 10, 1e-8)
     raise ValueError("the calibration Gram matrix is not positive definite even with damping 1e4")
+
+
+def compensated(w: torch.Tensor, cross: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    """(out, in) float64 ``M = W Cᵀ G⁻¹``: the weight that maps the layer's inputs in the
+    changed model (``X``, ``G = XᵀX`` damped: ``whiten`` is its Cholesky factor ``L``) to
+    the original layer's outputs on the original model's inputs (``X₀``, ``C = XᵀX₀``), the
+    least-squares solution of ``min ‖X₀Wᵀ − XMᵀ‖``. Its best rank-r approximation in the
+    metric of ``L`` (``factorize(M, r, L)``) is then the best rank-r layer for that
+    objective: ``‖X₀Wᵀ − XW'ᵀ‖² = const + ‖Lᵀ(Mᵀ − W'ᵀ)‖²``. With ``X = X₀`` (nothing changed
+    before this layer) and no damping, ``M = W``."""
+    rhs = cross.double() @ w.double().T  # (in, out): C Wᵀ
+    return torch.cholesky_solve(rhs, whiten.double(), upper=False).T.contiguous()
 
 
 def whitened(w: torch.Tensor, whiten: Whitening) -> torch.Tensor:
