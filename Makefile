@@ -39,7 +39,7 @@ demo: $(STAMP) kernels
 test: $(STAMP) kernels
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: $(STAMP) kernels
 	$(PY) -m pytest -q -m "not slow"
