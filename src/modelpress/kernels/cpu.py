@@ -213,9 +213,14 @@ def _int4pack_prepare(fmt: CompressedTensor) -> Any:
     offsets: ``w = (u - 8) * s + z`` with ``u`` the unsigned code, so with ``q = u + qmin``
     and ``w = (q - zp) * s``, ``z = (8 + qmin - zp) * s``."""
     assert isinstance(fmt, AffineQuantized) and fmt.group_size is not None
+    from .int8 import code_chunks
+
     qmin, _ = qrange(fmt.bits, fmt.symmetric)
-    u = (fmt.int_values() - qmin).to(torch.int32).contiguous()  # (rows, cols) in [0, 2^bits)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 2)
+    # packed a block of rows (a multiple of 64) at a time: the tile layout packs rows
+    # independently, and an LM head's codes are never all held as int32
+    packed = torch.cat(
+        [torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.contiguous(), 2) for _, u in code_chunks(fmt)]
+    )
     s = fmt.scale.float()  # (rows, groups)
     zp = torch.zeros_like(s) if fmt.zero_point is None else fmt.zero_point.float()
     z = (8 + qmin - zp) * s
@@ -242,10 +247,10 @@ def _requant_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
 
 
 def _requant_prepare(fmt: CompressedTensor) -> Any:
-    w = fmt.decode(torch.float32)
-    scale = w.abs().amax(dim=1).clamp_min_(1e-12).div_(127.0)
-    q = torch.round(w.div_(scale.reshape(-1, 1))).clamp_(-127, 127).to(torch.int8)
-    del w
+    from .int8 import _requant  # (decoded a chunk of rows at a time for a large weight)
+
+    aq = _requant(fmt)
+    q, scale = aq.qdata, aq.scale.reshape(-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the quantized-tensor constructors are deprecated
         qw = torch._make_per_channel_quantized_tensor(

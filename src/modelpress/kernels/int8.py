@@ -7,6 +7,7 @@ AVX2-only CPUs; the autotuner (``autotune.py``) picks it only where it is the fa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from ..formats.affine import AffineQuantized
 from ..formats.base import CompressedTensor
-from ..primitives.quant import quantize_per_token_int8
+from ..primitives.quant import choose_qparams, quantize, quantize_per_token_int8
 from .dispatch import Kernel, register_kernel
 
 __all__ = ["int_mm_available"]
@@ -151,10 +152,49 @@ def _requant_ok(fmt: CompressedTensor, x: torch.Tensor) -> bool:
     return rows > 0 and int_mm_available(rows, int(fmt.shape[1]), int(fmt.shape[0]), x.device)
 
 
+REQUANT_CHUNK = 1 << 20  # weights decoded per step when re-quantizing a large layer
+
+
+def code_chunks(fmt: AffineQuantized, chunk: int = REQUANT_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first row, codes)`` of the weight a block of rows at a time (a multiple of 64
+    rows), the codes ``q - qmin`` in ``[0, 2^bits)`` as int32 ``(block rows, cols)``, so
+    that packing an LM head's codes for a kernel never holds all of them as int32."""
+    from ..primitives.bitpack import container_rows
+    from ..primitives.quant import qrange
+
+    rows, cols = (int(d) for d in fmt.shape)
+    qmin, _ = qrange(fmt.bits, fmt.symmetric)
+    step = max(64, (chunk // max(1, cols)) // 64 * 64)
+    for r in range(0, rows, step):
+        idx = torch.arange(r, min(rows, r + step), device=fmt.device)
+        u = None if fmt.bits == 8 else container_rows(fmt.qdata, fmt.bits, rows, cols, idx)
+        if u is None:  # 8-bit, or rows that do not start on a byte
+            yield r, fmt.int_values()[idx] - qmin if fmt.bits != 8 else fmt.qdata[idx].to(torch.int32) - qmin
+        else:
+            yield r, u.to(torch.int32)
+
+
 def _requant(fmt: CompressedTensor) -> AffineQuantized:
     """The weight decoded once and re-quantized to symmetric per-row int8 (a rounding far
-    below the format's own); the stored artifact is unchanged."""
-    return AffineQuantized.encode(fmt.decode(torch.float32), 8)
+    below the format's own); the stored artifact is unchanged. A large weight (an LM head)
+    is decoded and re-quantized a chunk of rows at a time where its format decodes rows by
+    themselves: the float32 copy is never whole (its temporaries had been 3x its size, the
+    peak RSS of a loaded model). Per-row scales make both ways give the same integers."""
+    rows = int(fmt.shape[0]) if fmt.shape else 0
+    cols = int(fmt.shape.numel() // max(1, rows))
+    own_rows = type(fmt).decode_rows is not CompressedTensor.decode_rows
+    if len(fmt.shape) != 2 or rows * cols <= REQUANT_CHUNK or not own_rows:
+        return AffineQuantized.encode(fmt.decode(torch.float32), 8)
+    q = torch.empty(rows, cols, dtype=torch.int8, device=fmt.device)
+    scales = []
+    step = max(1, REQUANT_CHUNK // cols)
+    for r in range(0, rows, step):
+        idx = torch.arange(r, min(rows, r + step), device=fmt.device)
+        w = fmt.decode_rows(idx, torch.float32)
+        s, _ = choose_qparams(w, 8, symmetric=True)
+        q[r : r + len(idx)] = quantize(w, s, None, 8)
+        scales.append(s)
+    return AffineQuantized.from_ints(fmt.shape, q, torch.cat(scales), None, 8, None)
 
 
 def _linear_requant(
@@ -354,8 +394,10 @@ def _u4_prepare(
     assert isinstance(fmt, AffineQuantized)
     rows, cols = (int(d) for d in fmt.shape)
     qmin, _ = qrange(fmt.bits, fmt.symmetric)
-    u = (fmt.int_values() - qmin).to(torch.uint8).reshape(rows, cols // 16, 2, 8)  # codes in [0, 2^bits)
-    packed = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(rows, cols // 2).contiguous()
+    packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=fmt.device)
+    for r, codes in code_chunks(fmt):  # codes in [0, 2^bits), a block of rows at a time
+        u = codes.to(torch.uint8).reshape(-1, cols // 16, 2, 8)
+        packed[r : r + len(u)] = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(-1, cols // 2)
     scale = fmt.scale.to(torch.float32).reshape(rows, -1).contiguous()
     zp = (
         torch.zeros_like(scale, dtype=torch.int32)

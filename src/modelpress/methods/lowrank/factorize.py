@@ -74,8 +74,9 @@ class LowRankConfig(MethodConfig):
     every Linear but the output layer); never embeddings, the classifier / LM head, a weight
     tied to another module, or the factors of an earlier low-rank pass. include / exclude:
     patterns on module names, applied to those targets.
-    sequential (svd-llm): walk the blocks in order, each layer fitted on the inputs the
-    blocks before it, already factorised, give it, to the original layer's outputs on the
+    sequential (svd-llm; default false: not yet measured on a real LM): walk the blocks in
+    order, each layer fitted on the inputs the blocks before it, already factorised, give
+    it, to the original layer's outputs on the
     original model's inputs (``svd.compensated``: the error of earlier layers is corrected,
     not compounded); ``false``: every layer whitened by the original model's inputs at once.
     n_samples / batch_size: calibration examples (asvd, svd-llm) and the fine-tune's batch.
@@ -93,7 +94,7 @@ class LowRankConfig(MethodConfig):
     rank_multiple: int = param(1, POSITIVE)
     alpha: float = param(0.5, between(0, 1, lo_open=True))
     damping: float = param(0.01, between(0, 1, hi_open=True))
-    sequential: bool = True
+    sequential: bool = False
     n_samples: int = param(128, POSITIVE)
     batch_size: int = param(32, POSITIVE)
     epochs: int = param(0, NON_NEGATIVE)
