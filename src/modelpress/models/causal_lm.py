@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .cache import cache_key, cached_dir
-from .sources import ModelSource, reading
+from .sources import NO_HUB_KERNELS, ModelSource, reading
 from .tasks import TASKS, Evaluation, TaskAdapter, check_count, model_device
 from .text import check_chat_templates
 
@@ -40,7 +40,7 @@ def dequantize_gguf(source: ModelSource, out: Path) -> None:
     with reading(f"{source.gguf_file} in {source.path}"):
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
-            source.path, gguf_file=source.gguf_file, dtype=torch.float32
+            source.path, gguf_file=source.gguf_file, dtype=torch.float32, **NO_HUB_KERNELS
         )
     check_chat_templates(tokenizer, f"the tokenizer of {source.gguf_file}")
     # The weights are plain float32 now; drop the GGUF quantizer so the model saves normally.
@@ -115,7 +115,7 @@ class CausalLMTask(TaskAdapter):
 
         path = self._dir()
         with reading(f"the model at {path}"):
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **NO_HUB_KERNELS).eval()
 
     # -- data ---------------------------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ from ..data.datasets import TextSplits
 from ..errors import ConfigError, DataError
 from ..training.loop import DataSizedSchedule, TrainConfig, config_key, fit
 from .cache import cache_key, cached_dir, read_training_note, write_training_note
-from .sources import ModelSource, read_config, reading
+from .sources import NO_HUB_KERNELS, ModelSource, read_config, reading
 from .tasks import TASKS, Evaluation, TaskAdapter, check_count, model_device
 from .text import bucketed_batches, check_chat_templates, to_device
 
@@ -139,13 +139,15 @@ class TextClassificationTask(TaskAdapter):
                 "%s already has a %d-label head; using it as the original", self.source.path, self.num_labels
             )
             with reading(f"the model at {self.source.path}"):
-                return AutoModelForSequenceClassification.from_pretrained(self.source.path).eval()
+                return AutoModelForSequenceClassification.from_pretrained(
+                    self.source.path, **NO_HUB_KERNELS
+                ).eval()
         key = cache_key(self.cache_parts())
         path = cached_dir("classifiers", key, lambda tmp: self._train_original(tmp, progress=progress))
         from transformers import AutoTokenizer
 
         with reading(f"the trained original classifier at {path}"):
-            model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), **NO_HUB_KERNELS).eval()
             self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.training_note = read_training_note(path)
         return model
@@ -161,6 +163,7 @@ class TextClassificationTask(TaskAdapter):
                 num_labels=self.num_labels,
                 id2label=dict(enumerate(names)),
                 label2id={n: i for i, n in enumerate(names)},
+                **NO_HUB_KERNELS,
             )
         check_chat_templates(self.tokenizer, f"the tokenizer of {self.source.path}")  # saved after training
         log.info(

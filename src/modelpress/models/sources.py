@@ -8,11 +8,26 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..data.datasets import package_dir
 from ..errors import DataError, ModelpressError
 
-__all__ = ["ModelSource", "display_name", "local_source", "minilm_source", "reading", "smollm2_source"]
+__all__ = [
+    "NO_HUB_KERNELS",
+    "ModelSource",
+    "display_name",
+    "local_source",
+    "minilm_source",
+    "reading",
+    "smollm2_source",
+]
+
+
+# transformers 5.25+ swaps layers for kernels fetched from the Hub at ``from_pretrained`` by default
+# (with no CPU kernels today, and refused outright on the meta device). modelpress measures the model
+# as its own modelling code defines it, offline: every load of a model passes these.
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ..errors import ConfigError, DataError
 from ..training.loop import DataSizedSchedule, TrainConfig, config_key, fit
 from .cache import cache_key, cached_dir, read_training_note, write_training_note
 from .lenet import LeNet5, LeNet300100
-from .sources import ModelSource, read_config, reading
+from .sources import NO_HUB_KERNELS, ModelSource, read_config, reading
 from .tasks import TASKS, Evaluation, TaskAdapter, model_device
 from .tv import TorchvisionClassifier
 
@@ -227,13 +227,15 @@ class ImageClassificationTask(TaskAdapter):
             if self._hf_head_fits():
                 self.origin = f"the head of {self.spec.source.name} as given ({self.num_classes} classes)"
                 with reading(f"the image model at {self.spec.source.path}"):
-                    return AutoModelForImageClassification.from_pretrained(self.spec.source.path).eval()
+                    return AutoModelForImageClassification.from_pretrained(
+                        self.spec.source.path, **NO_HUB_KERNELS
+                    ).eval()
             path = cached_dir(
                 "image-classifiers", cache_key(self.cache_parts()), lambda d: self._train(d, progress)
             )
             self.origin = f"fine-tuned here with a new {self.num_classes}-class head (cached)"
             with reading(f"the trained original image classifier at {path}"):
-                return AutoModelForImageClassification.from_pretrained(str(path)).eval()
+                return AutoModelForImageClassification.from_pretrained(str(path), **NO_HUB_KERNELS).eval()
         path = cached_dir(
             "image-classifiers", cache_key(self.cache_parts()), lambda d: self._train(d, progress)
         )
@@ -280,6 +282,7 @@ class ImageClassificationTask(TaskAdapter):
                     id2label=dict(enumerate(names)),
                     label2id={n: i for i, n in enumerate(names)},
                     ignore_mismatched_sizes=True,
+                    **NO_HUB_KERNELS,
                 )
         else:
             model = self._build()
