@@ -18,8 +18,8 @@ import torch
 DEFAULT = [
     {"variant": "svd", "reduction": 0.2},
     {"variant": "svd-llm", "reduction": 0.2, "sequential": False},
-    {"variant": "svd-llm", "reduction": 0.2},
-    {"variant": "svd-llm", "reduction": 0.2, "allocation": "global"},
+    {"variant": "svd-llm", "reduction": 0.2, "sequential": True},
+    {"variant": "svd-llm", "reduction": 0.2, "sequential": True, "allocation": "global"},
 ]
 
 

@@ -179,9 +179,8 @@ def main() -> int:
         t_end = time.monotonic() + 300
         while time.monotonic() < t_end:
             if server.poll() is not None:
-                raise SystemExit(
-                    f"the server exited: {(server.stderr.read() if server.stderr else '')[-2000:]}"
-                )
+                log.seek(0)
+                raise SystemExit(f"the server exited: {log.read()[-2000:]}")
             try:
                 if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                     break
