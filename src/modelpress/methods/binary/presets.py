@@ -61,7 +61,8 @@ def _b158() -> list[MethodConfig]:
     FAMILY,
 )
 def _b158_kd() -> list[MethodConfig]:
-    return [TernaryConfig(epochs=3, max_steps=_STEPS, distill=True, kd_alpha=0.9, kd_hidden=1.0)]
+    # lr 2e-4 (4x the task's 5e-5): on MiniLM / Rotten Tomatoes, -2.88 pt vs -6.01 pt (RESULTS §32)
+    return [TernaryConfig(epochs=3, max_steps=_STEPS, distill=True, kd_alpha=0.9, kd_hidden=1.0, lr=2e-4)]
 
 
 @register_preset(
