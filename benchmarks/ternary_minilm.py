@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from modelpress.api import compress, save
+from modelpress.api import artifact_bytes, compress, save
 from modelpress.methods.binary import TernaryConfig
 from modelpress.methods.clustering.kmeans import KMeansConfig
 from modelpress.models.builtin import resolve_model
@@ -36,8 +36,7 @@ def main() -> None:
     took = time.perf_counter() - t0
     ev = adapter.evaluate(model, reference=ref.predictions, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        path = save(model, Path(tmp) / "artifact")
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        size = artifact_bytes(save(model, Path(tmp) / "artifact"))
     print(
         json.dumps(
             {
