@@ -41,6 +41,16 @@ def test_finer_granularity_and_importance_help():
     assert ((w - weighted) ** 2 * imp).sum() < ((w - plain) ** 2 * imp).sum()
 
 
+def test_group_scaled_without_group_size_scales_each_row():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(20, 30, generator=g) * torch.rand(20, 1, generator=g) * 3  # 30: no usual group size
+    f = cluster_weight(w, KMeansConfig(bits=4, granularity="group-scaled"))
+    assert f.group_size == 30 and f.scale is not None and f.scale.numel() == 20
+    same = cluster_weight(w, KMeansConfig(bits=4, granularity="group-scaled", group_size=30))
+    assert torch.equal(f.decode(), same.decode())
+    assert (w - f.decode()).norm() < (w - cluster_weight(w, KMeansConfig(bits=4)).decode()).norm()
+
+
 def test_exact_mode_not_worse_than_lloyd():
     w = torch.randn(4, 300, generator=torch.Generator().manual_seed(2))
     lloyd = cluster_weight(w, KMeansConfig(bits=3, granularity="channel"))

@@ -57,7 +57,8 @@ class KMeansConfig(MethodConfig):
 
     granularity: ``tensor`` (one codebook per layer, as Deep Compression), ``channel`` (per
     output channel / embedding row), ``group`` (per ``group_size`` weights of a row), or
-    ``group-scaled`` (one shared codebook, a float scale per group).
+    ``group-scaled`` (one shared codebook, a float scale per group of ``group_size`` weights
+    of a row, or per row when ``group_size`` is unset: any row length).
     init: ``linear`` | ``kmeans++`` | ``quantile``; ``exact=True`` uses the optimal dynamic
     programme instead of Lloyd (slow; small layers).
     importance: ``none`` or ``fisher`` (weights the k-means by squared gradients of the
@@ -92,7 +93,7 @@ class KMeansConfig(MethodConfig):
     seed: int = param(0, NON_NEGATIVE)
 
     def validate(self) -> None:
-        if self.granularity.startswith("group"):
+        if self.granularity == "group":
             if self.group_size is None:
                 raise self.error(f"granularity '{self.granularity}' needs a group_size >= 1")
             if self.granularity == "group" and self.group_size < 2**self.bits:
@@ -114,7 +115,7 @@ def _rows(w: torch.Tensor, config: KMeansConfig) -> torch.Tensor:
         return flat.reshape(1, -1)
     if config.granularity == "channel":
         return flat
-    g = int(config.group_size or 1)
+    g = int(config.group_size or (flat.shape[1] if config.granularity == "group-scaled" else 1))
     if flat.shape[1] % g:
         raise ConfigError(f"kmeans: group_size {g} does not divide the row length {flat.shape[1]}")
     return flat.reshape(-1, g)
@@ -207,7 +208,7 @@ def cluster_weight(
             centroids,
             bits=config.bits,
             granularity=config.granularity,
-            group_size=config.group_size,
+            group_size=config.group_size or (w[0].numel() if scale is not None else None),
             scale=scale,
             mask=mask,
             codebook_dtype=config.codebook_dtype,
