@@ -130,7 +130,9 @@ _set(set(PROBES), _TRANSFORMERS_ONLY, "refused")
 _set({"conv1d-grouped", "conv2d-depthwise", "batchnorm"}, _CONV_FLOAT, "noted")  # fmt: skip
 _set("conv-transpose2d", set(METHODS) - _BASELINE - _TRANSFORMERS_ONLY, "noted")  # no transposed-conv format
 _set({"gru", "lstm"}, _RNN_FLOAT, "noted")
-_BINARY = _all("binary-bwn", "binary-bwn-kd", "binary-xnor", "ternary-b158", "ternary-b158-kd")
+_BINARY = _all(
+    "binary-bwn", "binary-bwn-kd", "binary-xnor", "ternary-b158", "ternary-b158-kd", "ternary-b158-kd+emb4"
+)
 _set({"gru", "lstm"}, _BINARY, "refused")
 _LOWRANK = _all("lowrank-30-ft", "lowrank-svd-20", "lowrank-svdllm-20", "lowrank-svdllm-20+int8")
 _set({"gru", "lstm"}, _LOWRANK, "refused")  # the output layer is the only Linear
@@ -159,7 +161,7 @@ _set({"embedding-padding", "tied-weights"}, _EMB_FLOAT, "float")
 _set("tied-weights", _all("prune-50", "deep-compression", "deep-compression-fc"), "refused")
 EXPECTED["tied-weights"].update({"prune-2:4": "float"})
 # distillation from the teacher takes dict batches (a task adapter's); these are tuples
-_set(set(PROBES), _all("ternary-b158-kd", "binary-bwn-kd"), "refused")
+_set(set(PROBES), _all("ternary-b158-kd", "ternary-b158-kd+emb4", "binary-bwn-kd"), "refused")
 # channel pruning changes shapes, not formats: the layer under test stays a float module
 # (its channels pruned where its group allows, kept whole with a note otherwise); a model
 # whose every layer is kept whole (the channels reach a norm, the RNN or the output only) or

@@ -178,9 +178,14 @@ def test_every_preset_saves_and_loads_equal(preset, tiny_task, original, tmp_pat
 
 
 def test_presets_are_registered():
-    assert {"binary-bwn", "binary-xnor", "ternary-b158", "ternary-b158-kd", "prune-50+ternary-b158"} <= set(
-        FAMILY_PRESETS
-    )
+    assert {
+        "binary-bwn",
+        "binary-xnor",
+        "ternary-b158",
+        "ternary-b158-kd",
+        "ternary-b158-kd+emb4",
+        "prune-50+ternary-b158",
+    } <= set(FAMILY_PRESETS)
 
 
 # -- first / last layers, size on disk ---------------------------------------------------------
