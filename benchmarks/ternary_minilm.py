@@ -3,7 +3,8 @@
     python benchmarks/ternary_minilm.py '{"epochs": 3, "max_steps": 300, "distill": true, "lr": 2e-4}' 1
 
 The first argument is a TernaryConfig as JSON; an optional "emb" key holds a KMeansConfig applied after it
-(e.g. 4-bit embeddings). The second is the number of torch threads. Prints one JSON line.
+(e.g. 4-bit embeddings), or before it with "emb_first": true (the ternary training then sees the
+clustered embeddings). The second is the number of torch threads. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def main() -> None:
     cfg = json.loads(sys.argv[1])
     torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
     emb = cfg.pop("emb", None)
-    steps = [TernaryConfig(**cfg)] + ([KMeansConfig(**emb)] if emb else [])
+    first = cfg.pop("emb_first", False)
+    clustered = [KMeansConfig(**emb)] if emb else []
+    steps = [*clustered, TernaryConfig(**cfg)] if first else [TernaryConfig(**cfg), *clustered]
     adapter = resolve_model("minilm")
     original = adapter.load_original(progress=False).eval()
     ref = adapter.evaluate(original, progress=False)
